@@ -97,7 +97,7 @@ func (p *probe) Init(c *Context, _ any) error {
 	c.TrapExits(p.trap)
 	return nil
 }
-func (p *probe) HandleInfo(_ *Context, m any) { p.ch <- m }
+func (p *probe) HandleInfo(_ *Context, m any)       { p.ch <- m }
 func (p *probe) HandleCast(_ *Context, m any)       { p.ch <- m }
 func (p *probe) Terminate(_ *Context, reason error) { p.exit <- reason }
 

@@ -177,9 +177,9 @@ type process struct {
 	deferred bool
 	calls    *waiter // this process's own calls
 
-	runFn func() // p.run as a func value, made on first use: "go p.runFn()" allocates nothing
-	stopReq  error
-	log      *slog.Logger
+	runFn   func() // p.run as a func value, made on first use: "go p.runFn()" allocates nothing
+	stopReq error
+	log     *slog.Logger
 }
 
 // enqueue appends e to the mailbox and starts a goroutine if none runs. It
