@@ -58,8 +58,8 @@ type (
 		id  string
 		pid proc.PID
 	}
-	restartChildReq struct{ id string }
-	deleteChildReq  struct{ id string }
+	restartChildReq  struct{ id string }
+	deleteChildReq   struct{ id string }
 	whichChildrenReq struct{}
 	countChildrenReq struct{}
 	restartPass      struct{ gen uint64 }
