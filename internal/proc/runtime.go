@@ -22,6 +22,9 @@ type Config struct {
 	// MailboxWarn is the mailbox length at which a warning is logged (once
 	// each time a mailbox grows past it). Default 10000; negative disables.
 	MailboxWarn int
+	// Owner is whatever owns the runtime (herd's Node), returned by Owner,
+	// so code holding a process's Context can reach it.
+	Owner any
 }
 
 // Resolver maps a registered name to its holder. It must not block and must
@@ -32,6 +35,7 @@ type Resolver func(EnvName) (PID, bool)
 // timers. All methods are safe for concurrent use.
 type Runtime struct {
 	node        NodeID
+	owner       any
 	log         *slog.Logger
 	mailboxWarn int
 	table       idtable.Table[process]
@@ -64,6 +68,7 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	rt := &Runtime{
 		node:        cfg.Node,
+		owner:       cfg.Owner,
 		log:         cfg.Logger,
 		mailboxWarn: cfg.MailboxWarn,
 		drained:     make(chan struct{}, 1),
@@ -79,6 +84,9 @@ func (rt *Runtime) Node() NodeID { return rt.node }
 
 // Logger returns the runtime's logger.
 func (rt *Runtime) Logger() *slog.Logger { return rt.log }
+
+// Owner returns Config.Owner.
+func (rt *Runtime) Owner() any { return rt.owner }
 
 // SetResolver installs the function that resolves Name and EnvName targets.
 // Until one is set, sending to a name fails with ErrNoName.
@@ -117,7 +125,7 @@ type SpawnOption func(*spawnConfig)
 type spawnConfig struct {
 	link  bool
 	trap  bool
-	hooks []func(PID) error
+	hooks []func(*Context) error
 }
 
 // Linked links the new process to the spawning process before Init runs.
@@ -128,10 +136,10 @@ func Linked() SpawnOption { return func(c *spawnConfig) { c.link = true } }
 // TrapExits starts the process trapping exits, before Init.
 func TrapExits() SpawnOption { return func(c *spawnConfig) { c.trap = true } }
 
-// BeforeInit runs fn with the new PID before Init; an error fails the spawn
-// as an Init error would. The layers above use it to register a name for the
-// process before anything else can see it.
-func BeforeInit(fn func(PID) error) SpawnOption {
+// BeforeInit runs fn with the new process's Context before Init; an error
+// fails the spawn as an Init error would. The layers above use it to
+// register a name for the process before anything else can see it.
+func BeforeInit(fn func(*Context) error) SpawnOption {
 	return func(c *spawnConfig) { c.hooks = append(c.hooks, fn) }
 }
 
@@ -204,7 +212,7 @@ func (rt *Runtime) spawn(parent *process, b Process, kind string, args any, opts
 		return PID{}, fmt.Errorf("spawn %s: %w", kind, reason)
 	}
 	for _, h := range cfg.hooks {
-		if err := h(p.pid); err != nil {
+		if err := h(&p.ctx); err != nil {
 			return fail(err)
 		}
 	}

@@ -714,3 +714,35 @@ func TestLongMailboxWarnsOncePerBusySpell(t *testing.T) {
 		t.Fatalf("%d warnings after a second busy spell, want 2", n)
 	}
 }
+
+func TestBeforeInitHooksAndOwner(t *testing.T) {
+	owner := &struct{ name string }{"the-node"}
+	rt := newRTWith(t, Config{Owner: owner})
+	var order []string
+	pid, err := rt.SpawnProcess(&fn{init: func(c *Context, _ any) error {
+		order = append(order, "init")
+		return nil
+	}}, nil, BeforeInit(func(c *Context) error {
+		if c.Runtime().Owner() != owner {
+			return errors.New("wrong owner")
+		}
+		order = append(order, "hook:"+c.Self().String())
+		return nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(order) != fmt.Sprintf("[hook:%v init]", pid) {
+		t.Fatalf("order %v", order)
+	}
+	refused := errors.New("name taken")
+	initRan := false
+	_, err = rt.SpawnProcess(&fn{init: func(*Context, any) error { initRan = true; return nil }}, nil,
+		BeforeInit(func(*Context) error { return refused }))
+	if !errors.Is(err, refused) || initRan {
+		t.Fatalf("failing hook: err %v, Init ran %v", err, initRan)
+	}
+	if rt.Count() != 1 {
+		t.Fatalf("%d processes, want 1", rt.Count())
+	}
+}

@@ -1,0 +1,227 @@
+package herd
+
+import (
+	"context"
+	"fmt"
+	"iter"
+	"log/slog"
+	"os"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/herdkit/herd/internal/proc"
+	"github.com/herdkit/herd/internal/registry"
+)
+
+// Config configures a node.
+type Config struct {
+	// Name is the node's name, unique in its cluster: letters, digits,
+	// '.', '_' and '-', starting with a letter or digit, at most 253 bytes.
+	// Default: the host name.
+	Name string
+	// Incarnation tells this life of the node from earlier ones. Default:
+	// the boot time in nanoseconds, which grows from one boot to the next.
+	// Set it only in tests.
+	Incarnation uint64
+	// Logger receives the node's logs. Default: slog.Default().
+	Logger *slog.Logger
+	// MailboxWarn is the mailbox length at which a process's mailbox is
+	// reported as long. Default 10000; negative disables.
+	MailboxWarn int
+	// StopTimeout bounds Stop when its context has no deadline: processes
+	// still alive after it are killed. Default 30s.
+	StopTimeout time.Duration
+}
+
+var nodeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
+
+// Node is one herd node: a process runtime, its kinds, and its registry.
+// All methods are safe for concurrent use. A Node is started by Start and
+// lives until Stop.
+type Node struct {
+	id       NodeID
+	rt       *proc.Runtime
+	reg      *registry.Local
+	log      *slog.Logger
+	stopWait time.Duration
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Start starts a node. Today a node runs alone; joining a cluster comes with
+// the cluster layer.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if cfg.Name == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("herd: Config.Name is empty and the host name is unknown: %w", err)
+		}
+		cfg.Name = host
+	}
+	if !nodeName.MatchString(cfg.Name) {
+		return nil, fmt.Errorf("herd: node name %q: use letters, digits, '.', '_' and '-', starting with a letter or digit, at most 253 bytes", cfg.Name)
+	}
+	if cfg.Incarnation == 0 {
+		cfg.Incarnation = uint64(time.Now().UnixNano())
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 30 * time.Second
+	}
+	n := &Node{
+		id:       NodeID{Name: cfg.Name, Incarnation: cfg.Incarnation},
+		stopWait: cfg.StopTimeout,
+	}
+	n.log = cfg.Logger.With("node", n.id.String())
+	rt, err := proc.New(proc.Config{Node: n.id, Logger: n.log, MailboxWarn: cfg.MailboxWarn, Owner: n})
+	if err != nil {
+		return nil, fmt.Errorf("herd: %w", err)
+	}
+	n.rt = rt
+	n.reg = registry.NewLocal(rt)
+	rt.SetResolver(n.reg.Resolver())
+	return n, nil
+}
+
+// NodeOf returns the node a process runs on, from its Context.
+func NodeOf(c *Context) *Node {
+	n, _ := c.Runtime().Owner().(*Node)
+	return n
+}
+
+// Stop stops every process on the node (see the shutdown order in the
+// package documentation) and returns once they have all exited. Processes
+// still alive when ctx ends, or after Config.StopTimeout if ctx has no
+// deadline, are killed, and Stop returns the context's error. Stop is
+// idempotent: later calls return the first call's result.
+func (n *Node) Stop(ctx context.Context) error {
+	n.stopOnce.Do(func() {
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, n.stopWait)
+			defer cancel()
+		}
+		n.stopErr = n.rt.Shutdown(ctx)
+		if n.stopErr != nil {
+			n.log.Warn("node stopped; processes that would not stop were killed", "err", n.stopErr)
+		}
+	})
+	return n.stopErr
+}
+
+// ID returns the node's identity.
+func (n *Node) ID() NodeID { return n.id }
+
+// Logger returns the node's logger.
+func (n *Node) Logger() *slog.Logger { return n.log }
+
+// Registry returns the node's registry of names and groups.
+func (n *Node) Registry() Registry { return n.reg }
+
+// RegisterKind makes a kind of process spawnable by name on node n: new
+// must return a fresh Process each time. Kinds are how processes are
+// started by specs that travel (supervisor child specs, and later other
+// nodes): code cannot travel, a kind name can.
+func RegisterKind(n *Node, kind string, new func() Process) error {
+	if err := n.rt.RegisterKind(kind, new); err != nil {
+		return fmt.Errorf("herd: %w", err)
+	}
+	return nil
+}
+
+// Kinds returns the kinds registered on the node, sorted.
+func (n *Node) Kinds() []string { return n.rt.Kinds() }
+
+// Spawn starts a process of a registered kind and returns once its Init has
+// returned. If Init fails or panics, Spawn returns that error.
+func (n *Node) Spawn(ctx context.Context, kind string, args any, opts ...SpawnOption) (PID, error) {
+	if err := ctx.Err(); err != nil {
+		return PID{}, err
+	}
+	return n.rt.Spawn(kind, args, opts...)
+}
+
+// SpawnProcess starts a process whose behaviour is p; see Spawn.
+func (n *Node) SpawnProcess(ctx context.Context, p Process, args any, opts ...SpawnOption) (PID, error) {
+	if err := ctx.Err(); err != nil {
+		return PID{}, err
+	}
+	return n.rt.SpawnProcess(p, args, opts...)
+}
+
+// Send delivers msg to the target's HandleInfo, asynchronously and at most
+// once; between one sender and one receiver, in order. The error says the
+// target is known not to exist (ErrNoProcess, ErrNoName); nil does not mean
+// the message was handled.
+func (n *Node) Send(to Target, msg any) error { return n.rt.Send(to, msg) }
+
+// Cast delivers msg to the target's HandleCast; otherwise as Send.
+func (n *Node) Cast(to Target, msg any) error { return n.rt.Cast(to, msg) }
+
+// Call sends msg to the target's HandleCall and waits for the reply, ctx's
+// end, or the target's exit (an *ExitError matching ErrNoProcess, carrying
+// the exit reason). See the typed helper Call.
+func (n *Node) Call(ctx context.Context, to Target, msg any) (any, error) {
+	return n.rt.Call(ctx, to, msg)
+}
+
+// SendAfter delivers msg to the target's HandleInfo after d. The target is
+// resolved when the timer fires.
+func (n *Node) SendAfter(to Target, msg any, d time.Duration) *Timer {
+	return n.rt.SendAfter(to, msg, d)
+}
+
+// Exit sends the target an exit signal: Kill ends it at once; Shutdown or
+// any other reason stops it (Terminate runs) unless it traps exits and the
+// signal is not from its parent, in which case it gets an Exit message.
+func (n *Node) Exit(to Target, reason error) error {
+	pid, err := n.rt.Resolve(to)
+	if err != nil {
+		return err
+	}
+	return n.rt.Exit(PID{}, pid, reason)
+}
+
+// Monitor watches the target from outside any process: the channel
+// receives exactly one Down, when the process exits, or at once if it does
+// not exist (Reason ErrNoProcess). cancel stops the monitor; the channel is
+// then never written to.
+func (n *Node) Monitor(to Target) (downs <-chan Down, cancel func()) {
+	ch := make(chan Down, 1)
+	pid, err := n.rt.Resolve(to)
+	if err != nil {
+		ch <- Down{PID: pid, Reason: ErrNoProcess}
+		return ch, func() {}
+	}
+	ref, ok := n.rt.MonitorFunc(pid, func(pid PID, reason error) { ch <- Down{PID: pid, Reason: reason} })
+	if !ok {
+		reason := ErrNoProcess
+		if pid.Node.Name != n.id.Name {
+			reason = ErrNodeDown // no cluster yet: another node is unreachable
+		}
+		ch <- Down{PID: pid, Reason: reason}
+		return ch, func() {}
+	}
+	return ch, func() { n.rt.DemonitorFunc(pid, ref) }
+}
+
+// Alive reports whether pid is a live process of this node.
+func (n *Node) Alive(pid PID) bool { return n.rt.Alive(pid) }
+
+// Info describes a live process of this node.
+func (n *Node) Info(pid PID) (ProcessInfo, bool) { return n.rt.Info(pid) }
+
+// Processes yields every live process of the node, in spawn order.
+func (n *Node) Processes() iter.Seq[ProcessInfo] {
+	return func(yield func(ProcessInfo) bool) { n.rt.Processes(yield) }
+}
+
+// CountProcesses returns the number of live processes.
+func (n *Node) CountProcesses() int { return n.rt.Count() }
