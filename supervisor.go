@@ -178,6 +178,11 @@ func StartSupervisor(ctx context.Context, n *Node, spec SupervisorSpec, opts ...
 	return &LocalSupervisor{n: n, pid: pid}, nil
 }
 
+// SupervisorOf returns a handle on the supervisor pid of node n, such as a
+// nested supervisor found with WhichChildren. Calls through it fail with
+// ErrNoProcess if pid is not a live supervisor.
+func SupervisorOf(n *Node, pid PID) *LocalSupervisor { return &LocalSupervisor{n: n, pid: pid} }
+
 // PID returns the supervisor's PID.
 func (s *LocalSupervisor) PID() PID { return s.pid }
 

@@ -14,6 +14,10 @@ import (
 // ErrNoProcess, once the process has exited, so a callback abandoned by Kill
 // cannot act in its name.
 //
+// Send, Cast, Call, Spawn, Exit, Logger and the context.Context methods may
+// be used from goroutines the process starts. Stop, DeferReply and Caller
+// belong to the callback being run.
+//
 // Context is also a context.Context whose Done channel closes when the
 // process exits, so work a process starts can be tied to its life.
 type Context struct {
@@ -34,10 +38,14 @@ func (c *Context) Runtime() *Runtime { return c.p.rt }
 
 // Logger returns the runtime's logger with the process's pid attached.
 func (c *Context) Logger() *slog.Logger {
-	if c.p.log == nil {
-		c.p.log = c.p.rt.log.With("pid", c.p.pid.String())
+	if l := c.p.log.Load(); l != nil {
+		return l
 	}
-	return c.p.log
+	l := c.p.rt.log.With("pid", c.p.pid.String())
+	if c.p.log.CompareAndSwap(nil, l) {
+		return l
+	}
+	return c.p.log.Load()
 }
 
 func (c *Context) dead() bool { return c.p.flags.Load()&flagDead != 0 }
@@ -132,7 +140,8 @@ func (c *Context) Exit(pid PID, reason error) error {
 
 // Stop asks the process to stop with reason once the current callback
 // returns; nil means Normal. A reply returned by the current HandleCall is
-// still sent. Terminate runs with reason.
+// still sent. Terminate runs with reason. Call it from the process's own
+// callbacks; from elsewhere, use Exit.
 func (c *Context) Stop(reason error) { c.p.stopReq = normalize(reason) }
 
 // SendAfter delivers msg to this process's HandleInfo after d.

@@ -195,3 +195,8 @@ func (c *counter) get() int {
 	defer c.mu.Unlock()
 	return c.n
 }
+
+// echo answers every call with the message.
+type echo struct{ Base }
+
+func (echo) HandleCall(_ *Context, msg any) (any, error) { return msg, nil }

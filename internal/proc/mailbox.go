@@ -175,11 +175,12 @@ type process struct {
 	// Owned by whichever goroutine runs the process's callbacks.
 	cur      *envelope // the call being handled
 	deferred bool
-	calls    *waiter // this process's own calls
+	calls    *waiter     // this process's own calls, made on first use
+	callsUse atomic.Bool // claimed by the call in progress through calls
 
 	runFn   func() // p.run as a func value, made on first use: "go p.runFn()" allocates nothing
 	stopReq error
-	log     *slog.Logger
+	log     atomic.Pointer[slog.Logger]
 }
 
 // enqueue appends e to the mailbox and starts a goroutine if none runs. It

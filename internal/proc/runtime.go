@@ -352,14 +352,19 @@ func (rt *Runtime) call(ctx context.Context, from *process, to Target, msg any) 
 		}
 	}
 	var w *waiter
-	if from != nil {
-		if pid == from.pid {
-			return nil, fmt.Errorf("call %v: %w", pid, ErrCallSelf)
-		}
+	owned := false
+	if from != nil && pid == from.pid {
+		return nil, fmt.Errorf("call %v: %w", pid, ErrCallSelf)
+	}
+	// A process's calls use its own waiter; a call made through its
+	// Context from another goroutine, while that waiter is in use, gets a
+	// pooled one (which does not carry the caller's PID).
+	if from != nil && from.callsUse.CompareAndSwap(false, true) {
 		if from.calls == nil {
 			from.calls = newWaiter(from.pid)
 		}
-		w = from.calls
+		w, owned = from.calls, true
+		defer from.callsUse.Store(false)
 	} else {
 		w = rt.waiters.Get().(*waiter)
 	}
@@ -389,7 +394,7 @@ func (rt *Runtime) call(ctx context.Context, from *process, to Target, msg any) 
 		}
 	}
 	// ch is empty again and seq is done: w can serve the next call.
-	if from == nil {
+	if !owned {
 		rt.waiters.Put(w)
 	}
 	return r.val, r.err

@@ -746,3 +746,37 @@ func TestBeforeInitHooksAndOwner(t *testing.T) {
 		t.Fatalf("%d processes, want 1", rt.Count())
 	}
 }
+
+// Goroutines a process starts may call through its Context at the same time
+// as the process itself; each call gets its own reply.
+func TestConcurrentCallsThroughOneContext(t *testing.T) {
+	rt := newRT(t)
+	callee, _ := rt.SpawnProcess(&echo{}, nil)
+	done := make(chan error, 1)
+	caller, err := rt.SpawnProcess(&fn{info: func(c *Context, _ any) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for g := range 8 {
+			wg.Go(func() {
+				for i := range 200 {
+					want := fmt.Sprint(g, "-", i)
+					got, err := c.Call(context.Background(), callee, want)
+					if err != nil || got != want {
+						errs <- fmt.Errorf("goroutine %d call %d: got %v, %v", g, i, got, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		done <- <-errs
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = rt.Send(caller, "go")
+	if err := recv(t, done); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,59 @@
+// Command herd is herd's command line. Today it runs the local demo; the
+// agent, its HTTP API and the cluster commands come with the cluster.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `herd: a distributed process runtime for Go.
+
+Usage:
+  herd demo [flags]    run a supervised workload, crash a process, watch it restart
+  herd help            show this help
+
+Run "herd demo -h" for the demo's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is the whole command, with its exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "demo":
+		c, err := parseDemo(args[1:], stderr)
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "herd demo: %v\n", err)
+			return 2
+		}
+		if err := runDemo(ctx, c, stdout); err != nil && ctx.Err() == nil {
+			fmt.Fprintf(stderr, "herd demo: %v\n", err)
+			return 1
+		}
+		return 0 // finished, or interrupted: either way everything was stopped
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "herd: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
