@@ -372,3 +372,68 @@ func (b *blocker) HandleInfo(*herd.Context, any) {
 	close(b.entered)
 	<-b.release
 }
+
+// Named siblings restarted together (one_for_all) take their names back
+// every time: a stopped child's names are released before its supervisor
+// moves on.
+func TestNamedSiblingsRestartTogether(t *testing.T) {
+	n := newNode(t, "n1")
+	ctx := context.Background()
+	events := make(chan herd.SupervisorEvent, 1000)
+	var children []herd.ChildSpec
+	for _, id := range []string{"a", "b", "c"} {
+		children = append(children, herd.ChildSpec{ID: id, Name: id, New: func() herd.Process { return &Counter{} }})
+	}
+	_, err := herd.StartSupervisor(ctx, n, herd.SupervisorSpec{
+		Strategy: herd.OneForAll, Intensity: 1000, Period: time.Hour, Children: children,
+		Observer: func(e herd.SupervisorEvent) { events <- e },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 100 {
+		for len(events) > 0 {
+			<-events
+		}
+		if _, err := herd.Call[int](ctx, n, herd.Name("a"), "crash"); !errors.Is(err, herd.ErrNoProcess) {
+			t.Fatalf("round %d: crash call: %v", round, err)
+		}
+		restarted := map[string]bool{}
+		for len(restarted) < 3 {
+			e := recv(t, events)
+			switch e.Kind {
+			case herd.StartFailed, herd.GaveUp:
+				t.Fatalf("round %d: %s %s: %v", round, e.Kind, e.ID, e.Reason)
+			case herd.ChildRestarted:
+				restarted[e.ID] = true
+			}
+		}
+		for _, id := range []string{"a", "b", "c"} {
+			if _, err := herd.Call[int](ctx, n, herd.Name(id), Get{}); err != nil {
+				t.Fatalf("round %d: %s: %v", round, id, err)
+			}
+		}
+	}
+}
+
+func TestStopNestedSupervisorIsRefused(t *testing.T) {
+	n := newNode(t, "n1")
+	ctx := context.Background()
+	top, err := herd.StartSupervisor(ctx, n, herd.SupervisorSpec{Children: []herd.ChildSpec{
+		{ID: "inner", Supervisor: &herd.SupervisorSpec{Dynamic: true}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kids, _ := top.WhichChildren(ctx)
+	inner := herd.SupervisorOf(n, kids[0].PID)
+	if err := inner.Stop(ctx); err == nil || !strings.Contains(err.Error(), "TerminateChild") {
+		t.Fatalf("Stop of a nested supervisor: %v", err)
+	}
+	if err := top.TerminateChild(ctx, "inner"); err != nil || n.Alive(kids[0].PID) {
+		t.Fatalf("TerminateChild: %v, alive %v", err, n.Alive(kids[0].PID))
+	}
+	if err := top.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -190,9 +190,10 @@ func (n *Node) Exit(to Target, reason error) error {
 }
 
 // Monitor watches the target from outside any process: the channel
-// receives exactly one Down, when the process exits, or at once if it does
-// not exist (Reason ErrNoProcess). cancel stops the monitor; the channel is
-// then never written to.
+// receives exactly one Down, when the process exits (after its names are
+// released), or at once if it does not exist (Reason ErrNoProcess). cancel
+// stops the monitor; a Down may still arrive if the process was exiting as
+// cancel ran.
 func (n *Node) Monitor(to Target) (downs <-chan Down, cancel func()) {
 	ch := make(chan Down, 1)
 	pid, err := n.rt.Resolve(to)

@@ -3,6 +3,7 @@ package herd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/herdkit/herd/internal/supervisor"
@@ -180,7 +181,8 @@ func StartSupervisor(ctx context.Context, n *Node, spec SupervisorSpec, opts ...
 
 // SupervisorOf returns a handle on the supervisor pid of node n, such as a
 // nested supervisor found with WhichChildren. Calls through it fail with
-// ErrNoProcess if pid is not a live supervisor.
+// ErrNoProcess if pid is not a live supervisor. (A nested supervisor is
+// stopped through its parent, not with Stop.)
 func SupervisorOf(n *Node, pid PID) *LocalSupervisor { return &LocalSupervisor{n: n, pid: pid} }
 
 // PID returns the supervisor's PID.
@@ -226,7 +228,14 @@ func (s *LocalSupervisor) CountChildren(ctx context.Context) (ChildCounts, error
 	return supervisor.CountChildren(ctx, s.n, s.pid)
 }
 
-// Stop stops the supervisor and its children, newest first, and waits.
+// Stop stops the supervisor and its children, newest first, and waits. It
+// is for supervisors started with StartSupervisor; a nested supervisor
+// belongs to its parent, which would restart it: stop it with the parent's
+// TerminateChild.
 func (s *LocalSupervisor) Stop(ctx context.Context) error {
-	return s.n.rt.StopProcess(ctx, PID{}, s.pid, Shutdown, Infinity)
+	if in, ok := s.n.rt.Info(s.pid); ok && !in.Parent.IsZero() {
+		return fmt.Errorf("herd: supervisor %v is a child of %v: stop it with its parent's TerminateChild", s.pid, in.Parent)
+	}
+	_, err := s.n.rt.StopProcess(ctx, PID{}, s.pid, Shutdown, Infinity)
+	return err
 }

@@ -373,13 +373,13 @@ func TestLinkChain(t *testing.T) {
 func TestStopProcess(t *testing.T) {
 	rt := newRT(t)
 	pid, p := spawnProbe(t, rt, false)
-	if err := rt.StopProcess(context.Background(), PID{}, pid, Shutdown, time.Second); err != nil {
-		t.Fatal(err)
+	if reason, err := rt.StopProcess(context.Background(), PID{}, pid, Shutdown, time.Second); err != nil || reason != Shutdown {
+		t.Fatalf("StopProcess = %v, %v", reason, err)
 	}
 	if r := recv(t, p.exit); r != Shutdown {
 		t.Fatalf("Terminate(%v)", r)
 	}
-	if err := rt.StopProcess(context.Background(), PID{}, pid, Shutdown, time.Second); !errors.Is(err, ErrNoProcess) {
+	if _, err := rt.StopProcess(context.Background(), PID{}, pid, Shutdown, time.Second); !errors.Is(err, ErrNoProcess) {
 		t.Fatalf("stop of dead process: %v", err)
 	}
 
@@ -387,17 +387,51 @@ func TestStopProcess(t *testing.T) {
 	// (It traps exits and the signal is not from its parent, so it becomes
 	// a message the probe just forwards.)
 	stubborn, _ := spawnProbe(t, rt, true)
-	err := rt.StopProcess(context.Background(), pid, stubborn, Shutdown, 20*time.Millisecond)
-	if !errors.Is(err, ErrTimeout) || rt.Alive(stubborn) {
-		t.Fatalf("stop of a stubborn process: %v, alive %v", err, rt.Alive(stubborn))
+	reason, err := rt.StopProcess(context.Background(), pid, stubborn, Shutdown, 20*time.Millisecond)
+	if !errors.Is(err, ErrTimeout) || reason != Killed || rt.Alive(stubborn) {
+		t.Fatalf("stop of a stubborn process: %v, %v, alive %v", reason, err, rt.Alive(stubborn))
 	}
 
 	// A zero budget kills at once: Terminate does not run.
 	brutal, bp := spawnProbe(t, rt, false)
-	if err := rt.StopProcess(context.Background(), PID{}, brutal, Shutdown, 0); err != nil {
-		t.Fatal(err)
+	if reason, err := rt.StopProcess(context.Background(), PID{}, brutal, Shutdown, 0); err != nil || reason != Killed {
+		t.Fatalf("brutal stop = %v, %v", reason, err)
 	}
 	none(t, bp.exit)
+}
+
+// Exit hooks (the registry releasing names) run before anything that
+// observes the exit: StopProcess's return, MonitorFunc, callers, Down.
+func TestExitHooksRunBeforeObservers(t *testing.T) {
+	rt := newRT(t)
+	for i := range 200 {
+		var mu sync.Mutex
+		var log []string
+		note := func(s string) { mu.Lock(); log = append(log, s); mu.Unlock() }
+		pid, _ := spawnProbe(t, rt, false)
+		_, downs, _ := watch(t, rt, pid)
+		// Several observers and hooks, so map order cannot hide a bad tier.
+		for range 3 {
+			rt.MonitorFunc(pid, func(PID, error) { note("observer") })
+		}
+		for range 3 {
+			rt.ExitHook(pid, func(PID, error) { note("hook") })
+		}
+		var reason error
+		if i%2 == 0 {
+			reason, _ = rt.StopProcess(context.Background(), PID{}, pid, Shutdown, time.Second)
+		} else {
+			reason, _ = rt.StopProcess(context.Background(), PID{}, pid, Shutdown, 0)
+		}
+		note("stopped")
+		recvType[Down](t, downs)
+		mu.Lock()
+		got := fmt.Sprint(log[:3])
+		mu.Unlock()
+		if got != "[hook hook hook]" || reason == nil {
+			t.Fatalf("round %d: order %v (reason %v): observers ran before the exit hooks", i, log, reason)
+		}
+	}
 }
 
 // A handler that never returns is abandoned by Kill: the process is gone
@@ -417,7 +451,7 @@ func TestKillAbandonsStuckHandler(t *testing.T) {
 	_, downs, _ := watch(t, rt, pid)
 	_ = rt.Send(pid, "block")
 	recv(t, entered)
-	if err := rt.StopProcess(context.Background(), PID{}, pid, Shutdown, 10*time.Millisecond); !errors.Is(err, ErrTimeout) {
+	if _, err := rt.StopProcess(context.Background(), PID{}, pid, Shutdown, 10*time.Millisecond); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("StopProcess: %v", err)
 	}
 	if d := recvType[Down](t, downs); d.Reason != Killed {
@@ -464,6 +498,29 @@ func TestShutdownStopsEverything(t *testing.T) {
 	}
 	if _, err := rt.SpawnProcess(&fn{}, nil); !errors.Is(err, ErrStopped) {
 		t.Fatalf("spawn after Shutdown: %v", err)
+	}
+}
+
+// A process left behind by its parent, trapping exits, is still stopped
+// (with Terminate) by the node's shutdown.
+func TestShutdownStopsTrappingOrphans(t *testing.T) {
+	rt := newRT(t)
+	orphan := newProbe()
+	orphan.trap = true
+	_, err := rt.SpawnProcess(&fn{init: func(c *Context, _ any) error {
+		_, err := c.SpawnProcess(orphan, nil) // not linked
+		return err
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := rt.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if r := recv(t, orphan.exit); r != Shutdown {
+		t.Fatalf("orphan terminated with %v", r)
 	}
 }
 

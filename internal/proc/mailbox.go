@@ -89,10 +89,13 @@ func (w *waiter) abandon(seq uint32) bool {
 }
 
 // watcher is a monitor on a process: a process to send Down to, or (for the
-// layers above proc) a function to call during the exit.
+// layers above proc) a function to call during the exit. A hook releases
+// what the process held (its names) and runs before anything that observes
+// the exit.
 type watcher struct {
-	pid PID
-	fn  func(PID, error)
+	pid  PID
+	fn   func(PID, error)
+	hook bool
 }
 
 // The mailbox is a list of fixed-size chunks taken from the runtime's pool.
@@ -183,13 +186,22 @@ type process struct {
 	log     atomic.Pointer[slog.Logger]
 }
 
-// enqueue appends e to the mailbox and starts a goroutine if none runs. It
-// reports false, and appends nothing, if the process is dead.
-func (p *process) enqueue(e envelope) bool {
+// enqueue appends e to the mailbox and starts a goroutine if none runs. For
+// a call it also returns the channel closed when the process dies, so the
+// caller can stop waiting. If the process is dead it appends nothing and
+// returns an *ExitError.
+func (p *process) enqueue(e envelope) (dead <-chan struct{}, err error) {
 	p.mu.Lock()
 	if p.st == stDead {
+		reason := p.reason
 		p.mu.Unlock()
-		return false
+		return nil, &ExitError{PID: p.pid, Reason: reason}
+	}
+	if e.kind == kindCall {
+		if p.deadCh == nil {
+			p.deadCh = make(chan struct{})
+		}
+		dead = p.deadCh
 	}
 	p.mbox.push(e, &p.rt.chunks)
 	warn := p.mbox.n == p.rt.mailboxWarn && !p.warned
@@ -206,31 +218,6 @@ func (p *process) enqueue(e envelope) bool {
 	}
 	if warn {
 		p.rt.log.Warn("mailbox is long", "pid", p.pid.String(), "kind", p.kind, "messages", p.rt.mailboxWarn)
-	}
-	return true
-}
-
-// enqueueCall is enqueue for a call; it also returns the channel closed when
-// the process dies, so the caller can stop waiting.
-func (p *process) enqueueCall(e envelope) (<-chan struct{}, error) {
-	p.mu.Lock()
-	if p.st == stDead {
-		reason := p.reason
-		p.mu.Unlock()
-		return nil, &ExitError{PID: p.pid, Reason: reason}
-	}
-	if p.deadCh == nil {
-		p.deadCh = make(chan struct{})
-	}
-	dead := p.deadCh
-	p.mbox.push(e, &p.rt.chunks)
-	start := p.st == stIdle
-	if start {
-		p.st = stRunning
-	}
-	p.mu.Unlock()
-	if start {
-		go p.runner()()
 	}
 	return dead, nil
 }
@@ -376,15 +363,20 @@ func (p *process) die(reason error) bool {
 			t.removeWatcher(ref)
 		}
 	}
-	// Function watchers first: the layers above release what the process
-	// held (its names) before any process or caller hears of the exit.
+	// Hooks first: the layers above release what the process held (its
+	// names) before any watcher, caller or process hears of the exit.
 	for _, w := range watchers {
-		if w.fn != nil {
+		if w.hook {
 			w.fn(p.pid, reason)
 		}
 	}
 	if deadCh != nil {
 		close(deadCh)
+	}
+	for _, w := range watchers {
+		if w.fn != nil && !w.hook {
+			w.fn(p.pid, reason)
+		}
 	}
 	for ref, w := range watchers {
 		if w.fn == nil {
@@ -393,39 +385,51 @@ func (p *process) die(reason error) bool {
 	}
 	for l := range links {
 		if t := rt.local(l); t != nil {
-			t.signal(p.pid, reason, true)
+			t.signal(p.pid, reason, sigLink)
 		}
 	}
 	rt.released(p.root)
 	return true
 }
 
-// signal delivers an exit signal from another process (viaLink) or from
-// Exit.
-func (p *process) signal(from PID, reason error, viaLink bool) {
+// How an exit signal reaches a process.
+type sigMode uint8
+
+const (
+	sigExit sigMode = iota // from Exit: Kill is immediate; trappable otherwise
+	sigLink                // from a linked process that exited
+	sigStop                // from the node shutting down: stops the process, trapping or not
+)
+
+// signal delivers an exit signal.
+func (p *process) signal(from PID, reason error, mode sigMode) {
 	p.mu.Lock()
 	if p.st == stDead {
 		p.mu.Unlock()
 		return
 	}
-	if viaLink {
+	switch mode {
+	case sigLink:
 		if _, ok := p.links[from]; !ok {
 			p.mu.Unlock() // unlinked meanwhile
 			return
 		}
 		delete(p.links, from)
-	} else if reason == Kill {
-		p.mu.Unlock()
-		p.die(Killed)
-		return
+	case sigExit:
+		if reason == Kill {
+			p.mu.Unlock()
+			p.die(Killed)
+			return
+		}
 	}
 	var start bool
 	switch {
-	case from == p.parent && from != p.pid:
-		// From the owner (the spawning process, or the node for processes
-		// it spawned): stop, trapping or not, as a gen_server does. Only a
-		// non-trapping process ignores Normal.
-		if reason == Normal && !p.trap.Load() {
+	case mode == sigStop || (from == p.parent && from != p.pid):
+		// From the node, or from the owner (the spawning process, or the
+		// node for processes it spawned): stop, trapping or not, as a
+		// gen_server does for its parent. Only a non-trapping process
+		// ignores its parent's Normal.
+		if mode != sigStop && reason == Normal && !p.trap.Load() {
 			break
 		}
 		if p.exitReq == nil {

@@ -27,7 +27,10 @@ var (
 	// Kill is not a reason a process exits with but a signal: Exit(pid, Kill)
 	// ends the process at once, whatever it is doing and even if it traps
 	// exits; it exits with reason Killed. A handler still running is
-	// abandoned: its goroutine finishes the handler but the process is gone.
+	// abandoned: its goroutine finishes the handler but the process is gone,
+	// and its Context refuses to act. A Call the abandoned handler is
+	// blocked in ends when its context does: pass the process's Context
+	// (which ends at exit), or one derived from it, to calls.
 	Kill error = sentinel("kill")
 )
 

@@ -326,8 +326,8 @@ func (rt *Runtime) send(to Target, msg any, k kind) error {
 	if err != nil {
 		return err
 	}
-	if !p.enqueue(envelope{msg: msg, kind: k}) {
-		return fmt.Errorf("%v: %w", pid, ErrNoProcess)
+	if _, err := p.enqueue(envelope{msg: msg, kind: k}); err != nil {
+		return err
 	}
 	return nil
 }
@@ -373,7 +373,7 @@ func (rt *Runtime) call(ctx context.Context, from *process, to Target, msg any) 
 		return nil, err
 	}
 	seq := w.begin()
-	dead, err := p.enqueueCall(envelope{msg: msg, w: w, seq: seq, kind: kindCall})
+	dead, err := p.enqueue(envelope{msg: msg, w: w, seq: seq, kind: kindCall})
 	if err != nil {
 		return nil, err
 	}
@@ -401,69 +401,84 @@ func (rt *Runtime) call(ctx context.Context, from *process, to Target, msg any) 
 }
 
 // Exit sends an exit signal to pid, as if from a process `from` (zero for
-// none). Kill ends the process at once; any other reason is delivered as an
-// Exit message to a process that traps exits, is ignored if Normal, and
-// otherwise stops the process (its Terminate runs) after its current
-// callback.
+// none). Kill ends the process at once. Any other reason stops a process
+// that does not trap exits (its Terminate runs after its current callback),
+// except Normal, which it ignores. A process that traps exits gets an Exit
+// message instead, unless the signal comes from its parent (the process that
+// spawned it, or the node, from=zero, for processes the node spawned): that
+// always stops it, as a gen_server's parent does.
 func (rt *Runtime) Exit(from, pid PID, reason error) error {
 	p, err := rt.route(pid)
 	if err != nil {
 		return err
 	}
-	p.signal(from, normalize(reason), false)
+	p.signal(from, normalize(reason), sigExit)
 	return nil
 }
 
 // StopProcess stops pid and waits for it to exit: it sends an exit signal
-// with reason, waits up to budget, then kills it. A budget of zero or less
-// kills at once. It returns nil if the process exited within the budget,
-// ErrTimeout (or ctx's error) if it had to be killed, and ErrNoProcess if
-// there was no such process.
-func (rt *Runtime) StopProcess(ctx context.Context, from, pid PID, reason error, budget time.Duration) error {
+// with reason (see Exit), waits up to budget, then kills it. A budget of zero
+// or less kills at once. It returns the exit reason and nil if the process
+// exited within the budget, ErrTimeout (or ctx's error) if it had to be
+// killed, and ErrNoProcess if there was no such process. When it returns,
+// whatever the process held (its names) has been released.
+func (rt *Runtime) StopProcess(ctx context.Context, from, pid PID, reason error, budget time.Duration) (exit error, err error) {
 	p, err := rt.route(pid)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	done := make(chan error, 1)
-	if !p.addWatcher(Ref(rt.refs.Add(1)), watcher{fn: func(_ PID, r error) { done <- r }}) {
-		return fmt.Errorf("%v: %w", pid, ErrNoProcess)
-	}
+	// Closed after the exit hooks have run, so the caller can reuse what the
+	// process held (its names) at once.
+	dead := p.doneChan()
 	if budget <= 0 {
-		p.signal(from, Kill, false)
-		<-done
-		return nil
+		p.signal(from, Kill, sigExit)
+		<-dead
+		return p.exitReason(), nil
 	}
-	p.signal(from, normalize(reason), false)
+	p.signal(from, normalize(reason), sigExit)
 	t := time.NewTimer(budget)
 	defer t.Stop()
 	select {
-	case <-done:
-		return nil
+	case <-dead:
+		return p.exitReason(), nil
 	case <-t.C:
 		err = fmt.Errorf("stop %v after %v: %w", pid, budget, ErrTimeout)
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
-	p.signal(from, Kill, false)
-	<-done
-	return err
+	p.signal(from, Kill, sigExit)
+	<-dead
+	return p.exitReason(), err
 }
 
-// MonitorFunc calls fn when pid exits, on the goroutine ending it, before
-// any Down or exit signal for that exit is delivered. fn must be quick and
-// must not block. It reports false, and never calls fn, if pid is not a live
-// local process.
+// MonitorFunc calls fn when pid exits, on the goroutine ending it, after the
+// exit hooks (what the process held is released) and before any Down or exit
+// signal is delivered. fn must be quick and must not block. It reports false,
+// and never calls fn, if pid is not a live local process.
 func (rt *Runtime) MonitorFunc(pid PID, fn func(pid PID, reason error)) (Ref, bool) {
+	return rt.watchFunc(pid, fn, false)
+}
+
+// ExitHook calls fn when pid exits, before anything else hears of the exit:
+// it is how the layers above release what a process held (its names), so
+// that whoever learns of the exit can take them at once. fn must be quick,
+// must not block, and must not wait for other processes. It reports false,
+// and never calls fn, if pid is not a live local process.
+func (rt *Runtime) ExitHook(pid PID, fn func(pid PID, reason error)) (Ref, bool) {
+	return rt.watchFunc(pid, fn, true)
+}
+
+func (rt *Runtime) watchFunc(pid PID, fn func(PID, error), hook bool) (Ref, bool) {
 	p := rt.local(pid)
 	if p == nil {
 		return 0, false
 	}
 	ref := Ref(rt.refs.Add(1))
-	return ref, p.addWatcher(ref, watcher{fn: fn})
+	return ref, p.addWatcher(ref, watcher{fn: fn, hook: hook})
 }
 
-// DemonitorFunc removes a MonitorFunc. fn may still run if pid is exiting
-// concurrently.
+// DemonitorFunc removes a MonitorFunc or an ExitHook. fn may still run if
+// pid is exiting concurrently.
 func (rt *Runtime) DemonitorFunc(pid PID, ref Ref) {
 	if p := rt.local(pid); p != nil {
 		p.removeWatcher(ref)
@@ -493,6 +508,12 @@ func (rt *Runtime) monitor(w *process, target PID) Ref {
 	}
 	if !p.addWatcher(ref, watcher{pid: w.pid}) {
 		rt.deliverDown(w.pid, ref, target, ErrNoProcess)
+		return ref
+	}
+	// If the watcher died meanwhile, its exit could not remove this monitor
+	// from the target; do it now, so a long-lived target does not keep it.
+	if w.flags.Load()&flagDead != 0 {
+		p.removeWatcher(ref)
 	}
 	return ref
 }
@@ -624,11 +645,11 @@ func (p *process) info() (Info, bool) {
 }
 
 // Shutdown stops every process and refuses new ones. Processes spawned by the
-// node are signalled Shutdown all at once, which stops them (trapping or
-// not) with Terminate run; a supervisor among them stops its own children in
+// node are told to stop with reason Shutdown, all at once, trapping exits or
+// not, and run Terminate; a supervisor among them stops its own children in
 // order first, so ordering is the supervisors' business. Whatever then
-// remains (processes whose parent left them behind) is signalled Shutdown
-// too. Whatever is still alive when ctx ends is killed, and Shutdown returns
+// remains (processes whose parent left them behind) is told the same.
+// Whatever is still alive when ctx ends is killed, and Shutdown returns
 // ctx's error.
 func (rt *Runtime) Shutdown(ctx context.Context) error {
 	rt.closed.Store(true)
@@ -641,7 +662,7 @@ func (rt *Runtime) Shutdown(ctx context.Context) error {
 	} {
 		rt.table.Range(func(_ uint64, p *process) bool {
 			if pass.match(p) {
-				p.signal(PID{}, Shutdown, false)
+				p.signal(PID{}, Shutdown, sigStop)
 			}
 			return true
 		})

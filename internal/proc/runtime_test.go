@@ -97,6 +97,7 @@ func TestStopInInit(t *testing.T) {
 	if r := recv(t, terminated); r != Normal {
 		t.Fatalf("Terminate reason %v, want Normal", r)
 	}
+	exitedOrGone(t, rt, pid) // Terminate runs before the process is gone
 	if rt.Alive(pid) {
 		t.Fatal("still alive")
 	}

@@ -105,8 +105,12 @@ func (l *Local) table(env string, create bool) *envTable {
 // only on the exiting goroutine, after the process lock is released.
 func (l *Local) own(pid proc.PID, kind Kind, key Key) error {
 	o := l.owners[pid]
+	if o != nil && !l.rt.Alive(pid) {
+		// Exiting: its hook is waiting for our lock to release the rest.
+		return fmt.Errorf("registry: %v: %w", pid, proc.ErrNoProcess)
+	}
 	if o == nil {
-		ref, ok := l.rt.MonitorFunc(pid, l.exited)
+		ref, ok := l.rt.ExitHook(pid, l.exited)
 		if !ok {
 			return fmt.Errorf("registry: %v: %w", pid, proc.ErrNoProcess)
 		}

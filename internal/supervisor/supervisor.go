@@ -152,12 +152,15 @@ func (s *supervisor) stop(ctx *proc.Context, ch *child) {
 	delete(s.byPID, pid)
 	ch.pid = proc.PID{}
 	ctx.Unlink(pid) // its exit must not reach us as a failure
-	err := ctx.Runtime().StopProcess(context.Background(), s.self, pid, proc.Shutdown, ch.spec.budget())
-	if errors.Is(err, proc.ErrTimeout) {
+	reason, err := ctx.Runtime().StopProcess(context.Background(), s.self, pid, proc.Shutdown, ch.spec.budget())
+	switch {
+	case errors.Is(err, proc.ErrTimeout):
 		ctx.Logger().Warn("child did not stop within its shutdown budget; killed",
 			"child", ch.spec.ID, "child_pid", pid.String(), "budget", ch.spec.budget())
+	case errors.Is(err, proc.ErrNoProcess):
+		reason = err // it exited on its own just before; its reason is gone with it
 	}
-	s.observe(Event{Kind: ChildExited, ID: ch.spec.ID, PID: pid, Reason: proc.Shutdown})
+	s.observe(Event{Kind: ChildExited, ID: ch.spec.ID, PID: pid, Reason: reason})
 }
 
 // stopAll stops every running child, newest first.
@@ -270,14 +273,24 @@ func (s *supervisor) schedulePass(ctx *proc.Context) {
 }
 
 // runPass starts pending children in order. A failed start is retried as a
-// further restart, counted against the intensity, as OTP does.
+// further restart, counted against the intensity, as OTP does; under
+// one_for_all and rest_for_one the children this pass already started are
+// stopped again first, so the group restarts together.
 func (s *supervisor) runPass(ctx *proc.Context) {
+	var started []*child
 	for _, ch := range s.children {
 		if !ch.pending {
 			continue
 		}
 		if err := s.start(ctx, ch); err != nil {
 			ctx.Logger().Warn("restart failed", "child", ch.spec.ID, "err", err)
+			if s.spec.Strategy != OneForOne {
+				for _, st := range slices.Backward(started) {
+					prev := st.pid
+					s.stop(ctx, st)
+					st.prev, st.pending = prev, true
+				}
+			}
 			if !s.allowRestart() {
 				s.observe(Event{Kind: GaveUp, ID: ch.spec.ID, Reason: ErrMaxRestarts})
 				ctx.Stop(ErrMaxRestarts)
@@ -291,6 +304,7 @@ func (s *supervisor) runPass(ctx *proc.Context) {
 			}
 			return
 		}
+		started = append(started, ch)
 	}
 }
 

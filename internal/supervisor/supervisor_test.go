@@ -182,7 +182,7 @@ func TestStartsChildrenInOrderAndStopsThemNewestFirst(t *testing.T) {
 		t.Fatalf("start order %v", got)
 	}
 	exits := Exits(t, rt, sup)
-	if err := rt.StopProcess(context.Background(), proc.PID{}, sup, proc.Shutdown, time.Minute); err != nil {
+	if _, err := rt.StopProcess(context.Background(), proc.PID{}, sup, proc.Shutdown, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	Recv(t, exits)
@@ -532,6 +532,49 @@ func TestFailedRestartIsRetried(t *testing.T) {
 	_ = rt.Send(which(t, rt, sup)["w"], "crash") // the supervisor will give up: no sync call after
 	if r := Recv(t, exits); !errors.Is(r, ErrMaxRestarts) {
 		t.Fatalf("supervisor exited with %v", r)
+	}
+}
+
+// When a group restart fails partway, the children it already restarted are
+// stopped again and the whole group is retried together, as in OTP.
+func TestGroupRestartRetriesTheWholeGroup(t *testing.T) {
+	for _, strategy := range []Strategy{OneForAll, RestForOne} {
+		t.Run(strategy.String(), func(t *testing.T) {
+			rt := NewRuntime(t)
+			j := &journal{}
+			var mu sync.Mutex
+			failC := 0
+			c := ChildSpec{ID: "c", New: func() proc.Process {
+				mu.Lock()
+				defer mu.Unlock()
+				if failC > 0 {
+					failC--
+					return &Func{OnInit: func(*proc.Context, any) error { return errors.New("c not yet") }}
+				}
+				return &worker{name: "c", j: j}
+			}}
+			sup := startSup(t, rt, Spec{Strategy: strategy, Intensity: 10, Period: time.Hour,
+				Children: []ChildSpec{workerSpec(j, "a", Permanent), workerSpec(j, "b", Permanent), c}})
+			mu.Lock()
+			failC = 1
+			mu.Unlock()
+			j.take()
+			crash(t, rt, sup, "b")
+			Eventually(t, "group restarted", func() bool {
+				kids := which(t, rt, sup)
+				return !kids["b"].IsZero() && !kids["c"].IsZero()
+			})
+			got := j.take()
+			// b restarts, c fails, so b is stopped again; then b and c start.
+			want := []string{"stop c shutdown", "start b", "stop b shutdown", "start b", "start c"}
+			if strategy == OneForAll {
+				want = []string{"stop c shutdown", "stop a shutdown", "start a", "start b",
+					"stop b shutdown", "stop a shutdown", "start a", "start b", "start c"}
+			}
+			if len(got) < 1 || !strings.HasPrefix(got[0], "stop b crash") || !slices.Equal(got[1:], want) {
+				t.Fatalf("journal %v, want [stop b crash...] + %v", got, want)
+			}
+		})
 	}
 }
 
