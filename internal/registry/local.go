@@ -75,20 +75,21 @@ func (l *Local) Resolver() proc.Resolver {
 	}
 }
 
-func (l *Local) check(key Key, pid proc.PID, meta *Meta) error {
+// prepare validates a write and returns the copy of meta to store.
+func (l *Local) prepare(key Key, pid proc.PID, meta Meta) (Meta, error) {
 	if err := key.Validate(); err != nil {
-		return err
+		return Meta{}, err
 	}
 	if pid.IsZero() {
-		return fmt.Errorf("%w: zero PID", ErrInvalid)
+		return Meta{}, fmt.Errorf("%w: zero PID", ErrInvalid)
 	}
 	if pid.Node != l.rt.Node() {
-		return fmt.Errorf("%w: %v is not a process of this node (%v); the local registry holds local processes only", ErrInvalid, pid, l.rt.Node())
+		return Meta{}, fmt.Errorf("%w: %v is not a process of this node (%v); the local registry holds local processes only", ErrInvalid, pid, l.rt.Node())
 	}
-	if meta != nil {
-		return meta.Validate()
+	if err := meta.Validate(); err != nil {
+		return Meta{}, err
 	}
-	return nil
+	return meta.Clone(), nil
 }
 
 func (l *Local) table(env string, create bool) *envTable {
@@ -182,10 +183,10 @@ func (l *Local) emit(e Event) {
 
 // Register implements Registry.
 func (l *Local) Register(_ context.Context, key Key, pid proc.PID, meta Meta) error {
-	if err := l.check(key, pid, &meta); err != nil {
+	meta, err := l.prepare(key, pid, meta)
+	if err != nil {
 		return err
 	}
-	meta = meta.Clone()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	t := l.table(key.Env, true)
@@ -261,10 +262,10 @@ func (l *Local) Whereis(key Key) (proc.PID, bool) {
 
 // UpdateMeta implements Registry.
 func (l *Local) UpdateMeta(_ context.Context, key Key, pid proc.PID, meta Meta) error {
-	if err := l.check(key, pid, &meta); err != nil {
+	meta, err := l.prepare(key, pid, meta)
+	if err != nil {
 		return err
 	}
-	meta = meta.Clone()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var e *Entry
@@ -280,10 +281,10 @@ func (l *Local) UpdateMeta(_ context.Context, key Key, pid proc.PID, meta Meta) 
 
 // Join implements Registry.
 func (l *Local) Join(_ context.Context, key Key, pid proc.PID, meta Meta) error {
-	if err := l.check(key, pid, &meta); err != nil {
+	meta, err := l.prepare(key, pid, meta)
+	if err != nil {
 		return err
 	}
-	meta = meta.Clone()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	t := l.table(key.Env, true)
@@ -345,10 +346,10 @@ func (l *Local) Members(key Key) []Entry {
 
 // UpdateMemberMeta implements Registry.
 func (l *Local) UpdateMemberMeta(_ context.Context, key Key, pid proc.PID, meta Meta) error {
-	if err := l.check(key, pid, &meta); err != nil {
+	meta, err := l.prepare(key, pid, meta)
+	if err != nil {
 		return err
 	}
-	meta = meta.Clone()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var e *Entry
