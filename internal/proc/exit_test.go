@@ -1,4 +1,4 @@
-package proc
+package proc_test
 
 import (
 	"context"
@@ -8,6 +8,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	. "github.com/herdkit/herd/internal/proc"
+	. "github.com/herdkit/herd/internal/proctest"
 )
 
 // watch spawns a probe that monitors target and returns the probe's channel.
@@ -19,7 +22,7 @@ func watch(t testing.TB, rt *Runtime, target PID) (PID, chan any, Ref) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pid, p.ch, recv(t, refs)
+	return pid, p.ch, Recv(t, refs)
 }
 
 type monitorProbe struct {
@@ -34,7 +37,7 @@ func (m *monitorProbe) Init(c *Context, _ any) error {
 }
 
 func TestExitReasons(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	custom := errors.New("game over")
 	cases := []struct {
 		name          string
@@ -50,13 +53,13 @@ func TestExitReasons(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			terminated := make(chan error, 1)
-			pid, _ := rt.SpawnProcess(&fn{
-				info: func(c *Context, m any) { tc.stop(c, m.(PID)) },
-				term: func(_ *Context, r error) { terminated <- r },
+			pid, _ := rt.SpawnProcess(&Func{
+				OnInfo:      func(c *Context, m any) { tc.stop(c, m.(PID)) },
+				OnTerminate: func(_ *Context, r error) { terminated <- r },
 			}, nil)
 			_, downs, ref := watch(t, rt, pid)
 			_ = rt.Send(pid, pid)
-			d := recvType[Down](t, downs)
+			d := RecvType[Down](t, downs)
 			if d.Ref != ref || d.PID != pid || !errors.Is(d.Reason, tc.want) {
 				t.Fatalf("Down = %+v, want reason %v", d, tc.want)
 			}
@@ -96,44 +99,44 @@ func TestIsAbnormal(t *testing.T) {
 }
 
 func TestMonitorDeadAndMissingPID(t *testing.T) {
-	rt := newRT(t)
-	pid, _ := rt.SpawnProcess(&fn{}, nil)
+	rt := NewRuntime(t)
+	pid, _ := rt.SpawnProcess(&Func{}, nil)
 	_ = rt.Exit(PID{}, pid, Kill)
 	_, downs, ref := watch(t, rt, pid)
-	if d := recvType[Down](t, downs); d.Ref != ref || d.PID != pid || !errors.Is(d.Reason, ErrNoProcess) {
+	if d := RecvType[Down](t, downs); d.Ref != ref || d.PID != pid || !errors.Is(d.Reason, ErrNoProcess) {
 		t.Fatalf("monitor of dead pid: %+v", d)
 	}
 	never := PID{Node: rt.Node(), ID: 1 << 40}
 	_, downs, ref = watch(t, rt, never)
-	if d := recvType[Down](t, downs); d.Ref != ref || !errors.Is(d.Reason, ErrNoProcess) {
+	if d := RecvType[Down](t, downs); d.Ref != ref || !errors.Is(d.Reason, ErrNoProcess) {
 		t.Fatalf("monitor of never-existing pid: %+v", d)
 	}
 	remote := PID{Node: NodeID{Name: "far", Incarnation: 1}, ID: 1}
 	_, downs, _ = watch(t, rt, remote)
-	if d := recvType[Down](t, downs); !errors.Is(d.Reason, ErrNodeDown) {
+	if d := RecvType[Down](t, downs); !errors.Is(d.Reason, ErrNodeDown) {
 		t.Fatalf("monitor of pid on unknown node: %+v", d)
 	}
 }
 
 func TestExactlyOneDownPerMonitor(t *testing.T) {
-	rt := newRT(t)
-	target, _ := rt.SpawnProcess(&fn{}, nil)
+	rt := NewRuntime(t)
+	target, _ := rt.SpawnProcess(&Func{}, nil)
 	refs := make(chan Ref, 3)
 	w := newProbe()
-	watcher, _ := rt.SpawnProcess(&fn{
-		init: func(c *Context, _ any) error {
+	watcher, _ := rt.SpawnProcess(&Func{
+		OnInit: func(c *Context, _ any) error {
 			for range 3 {
 				refs <- c.Monitor(target)
 			}
 			return nil
 		},
-		info: func(_ *Context, m any) { w.ch <- m },
-		call: func(*Context, any) (any, error) { return nil, nil },
+		OnInfo: func(_ *Context, m any) { w.ch <- m },
+		OnCall: func(*Context, any) (any, error) { return nil, nil },
 	}, nil)
-	want := map[Ref]bool{recv(t, refs): true, recv(t, refs): true, recv(t, refs): true}
+	want := map[Ref]bool{Recv(t, refs): true, Recv(t, refs): true, Recv(t, refs): true}
 	_ = rt.Exit(PID{}, target, Kill)
 	for range 3 {
-		d := recvType[Down](t, w.ch)
+		d := RecvType[Down](t, w.ch)
 		if !want[d.Ref] {
 			t.Fatalf("unexpected or repeated Down %+v", d)
 		}
@@ -144,13 +147,13 @@ func TestExactlyOneDownPerMonitor(t *testing.T) {
 }
 
 func TestDemonitor(t *testing.T) {
-	rt := newRT(t)
-	target, _ := rt.SpawnProcess(&fn{}, nil)
+	rt := NewRuntime(t)
+	target, _ := rt.SpawnProcess(&Func{}, nil)
 	results := make(chan any, 4)
 	var ref Ref
-	watcher, _ := rt.SpawnProcess(&fn{
-		init: func(c *Context, _ any) error { ref = c.Monitor(target); return nil },
-		info: func(c *Context, m any) {
+	watcher, _ := rt.SpawnProcess(&Func{
+		OnInit: func(c *Context, _ any) error { ref = c.Monitor(target); return nil },
+		OnInfo: func(c *Context, m any) {
 			switch m {
 			case "kill-then-demonitor":
 				// The target dies, so its Down is queued behind this
@@ -164,13 +167,13 @@ func TestDemonitor(t *testing.T) {
 				results <- m
 			}
 		},
-		call: func(*Context, any) (any, error) { return nil, nil },
+		OnCall: func(*Context, any) (any, error) { return nil, nil },
 	}, nil)
 	_ = rt.Send(watcher, "kill-then-demonitor")
-	if v := recv(t, results); v != true {
+	if v := Recv(t, results); v != true {
 		t.Fatalf("first Demonitor = %v, want true", v)
 	}
-	if v := recv(t, results); v != false {
+	if v := Recv(t, results); v != false {
 		t.Fatalf("second Demonitor = %v, want false", v)
 	}
 	syncWith(t, rt, watcher)
@@ -181,8 +184,8 @@ func TestDemonitor(t *testing.T) {
 }
 
 func TestMonitorsHeldByDeadProcessAreRemoved(t *testing.T) {
-	rt := newRT(t)
-	target, _ := rt.SpawnProcess(&fn{}, nil)
+	rt := NewRuntime(t)
+	target, _ := rt.SpawnProcess(&Func{}, nil)
 	watcher, _, _ := watch(t, rt, target)
 	if in, _ := rt.Info(target); in.Monitors != 1 {
 		t.Fatalf("target has %d monitors, want 1", in.Monitors)
@@ -197,9 +200,9 @@ func TestMonitorsHeldByDeadProcessAreRemoved(t *testing.T) {
 func linkedPair(t *testing.T, rt *Runtime, trap bool) (a PID, b PID, bp *probe) {
 	t.Helper()
 	b, bp = spawnProbe(t, rt, trap)
-	a, err := rt.SpawnProcess(&fn{
-		init: func(c *Context, _ any) error { return c.Link(b) },
-		info: func(c *Context, m any) {
+	a, err := rt.SpawnProcess(&Func{
+		OnInit: func(c *Context, _ any) error { return c.Link(b) },
+		OnInfo: func(c *Context, m any) {
 			if r, ok := m.(error); ok {
 				c.Stop(r)
 			}
@@ -212,11 +215,11 @@ func linkedPair(t *testing.T, rt *Runtime, trap bool) (a PID, b PID, bp *probe) 
 }
 
 func TestLinkPropagatesAbnormalExit(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	a, b, bp := linkedPair(t, rt, false)
 	boom := errors.New("boom")
 	_ = rt.Send(a, boom)
-	if r := recv(t, bp.exit); r != boom {
+	if r := Recv(t, bp.exit); r != boom {
 		t.Fatalf("linked process terminated with %v, want %v", r, boom)
 	}
 	if rt.Alive(b) {
@@ -225,7 +228,7 @@ func TestLinkPropagatesAbnormalExit(t *testing.T) {
 }
 
 func TestLinkIgnoresNormalExitUnlessTrapping(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	a, b, bp := linkedPair(t, rt, false)
 	_ = rt.Send(a, Normal)
 	exitedOrGone(t, rt, a)
@@ -240,62 +243,62 @@ func TestLinkIgnoresNormalExitUnlessTrapping(t *testing.T) {
 
 	a, _, bp = linkedPair(t, rt, true)
 	_ = rt.Send(a, Normal)
-	if ex := recvType[Exit](t, bp.ch); ex.From != a || ex.Reason != Normal {
+	if ex := RecvType[Exit](t, bp.ch); ex.From != a || ex.Reason != Normal {
 		t.Fatalf("trapping process got %+v", ex)
 	}
 }
 
 func TestTrapExitTurnsSignalsIntoMessages(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	a, b, bp := linkedPair(t, rt, true)
 	boom := errors.New("boom")
 	_ = rt.Send(a, boom)
-	if ex := recvType[Exit](t, bp.ch); ex.From != a || ex.Reason != boom {
+	if ex := RecvType[Exit](t, bp.ch); ex.From != a || ex.Reason != boom {
 		t.Fatalf("Exit = %+v", ex)
 	}
 	// Exit signals not from links arrive the same way, Kill excepted.
 	_ = rt.Exit(a, b, Shutdown)
-	if ex := recvType[Exit](t, bp.ch); ex.From != a || ex.Reason != Shutdown {
+	if ex := RecvType[Exit](t, bp.ch); ex.From != a || ex.Reason != Shutdown {
 		t.Fatalf("Exit = %+v", ex)
 	}
 	_, downs, _ := watch(t, rt, b)
 	_ = rt.Exit(PID{}, b, Kill)
-	if d := recvType[Down](t, downs); d.Reason != Killed {
+	if d := RecvType[Down](t, downs); d.Reason != Killed {
 		t.Fatalf("Kill of a trapping process: %v", d.Reason)
 	}
 }
 
 func TestLinkedKilledIsTrappable(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	a, _, bp := linkedPair(t, rt, true)
 	_ = rt.Exit(PID{}, a, Kill)
-	if ex := recvType[Exit](t, bp.ch); ex.From != a || ex.Reason != Killed {
+	if ex := RecvType[Exit](t, bp.ch); ex.From != a || ex.Reason != Killed {
 		t.Fatalf("linked process of a killed one got %+v", ex)
 	}
 }
 
 func TestSignalFromParentStopsTrappingProcess(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	children := make(chan PID, 1)
 	child := newProbe()
 	child.trap = true
-	parent, _ := rt.SpawnProcess(&fn{
-		init: func(c *Context, _ any) error {
+	parent, _ := rt.SpawnProcess(&Func{
+		OnInit: func(c *Context, _ any) error {
 			c.TrapExits(true)
 			pid, err := c.SpawnProcess(child, nil, Linked())
 			children <- pid
 			return err
 		},
-		info: func(c *Context, m any) {
+		OnInfo: func(c *Context, m any) {
 			if m == "stop-child" {
 				_ = c.Exit(<-children, Shutdown)
 			}
 		},
 	}, nil)
-	childPID := recv(t, children)
+	childPID := Recv(t, children)
 	children <- childPID
 	_ = rt.Send(parent, "stop-child")
-	if r := recv(t, child.exit); r != Shutdown {
+	if r := Recv(t, child.exit); r != Shutdown {
 		t.Fatalf("child terminated with %v", r)
 	}
 	none(t, child.ch) // stopped, not told
@@ -304,13 +307,13 @@ func TestSignalFromParentStopsTrappingProcess(t *testing.T) {
 	// trapping root process too.
 	root, rp := spawnProbe(t, rt, true)
 	_ = rt.Exit(PID{}, root, Normal)
-	if r := recv(t, rp.exit); r != Normal {
+	if r := Recv(t, rp.exit); r != Normal {
 		t.Fatalf("root terminated with %v", r)
 	}
 }
 
 func TestExitNormalSignalIgnored(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	pid, p := spawnProbe(t, rt, false)
 	_ = rt.Exit(PID{}, pid, Normal)
 	_ = rt.Exit(PID{}, pid, nil)
@@ -322,11 +325,11 @@ func TestExitNormalSignalIgnored(t *testing.T) {
 }
 
 func TestUnlink(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	b, bp := spawnProbe(t, rt, true)
-	a, _ := rt.SpawnProcess(&fn{
-		init: func(c *Context, _ any) error { return c.Link(b) },
-		info: func(c *Context, m any) {
+	a, _ := rt.SpawnProcess(&Func{
+		OnInit: func(c *Context, _ any) error { return c.Link(b) },
+		OnInfo: func(c *Context, m any) {
 			c.Unlink(b)
 			c.Stop(errors.New("after unlink"))
 		},
@@ -338,16 +341,16 @@ func TestUnlink(t *testing.T) {
 }
 
 func TestLinkToDeadProcess(t *testing.T) {
-	rt := newRT(t)
-	dead, _ := rt.SpawnProcess(&fn{}, nil)
+	rt := NewRuntime(t)
+	dead, _ := rt.SpawnProcess(&Func{}, nil)
 	_ = rt.Exit(PID{}, dead, Kill)
 	res := make(chan error, 1)
 	pid, p := spawnProbe(t, rt, false)
-	_, _ = rt.SpawnProcess(&fn{init: func(c *Context, _ any) error {
+	_, _ = rt.SpawnProcess(&Func{OnInit: func(c *Context, _ any) error {
 		res <- c.Link(dead)
 		return nil
 	}}, nil)
-	if err := recv(t, res); !errors.Is(err, ErrNoProcess) {
+	if err := Recv(t, res); !errors.Is(err, ErrNoProcess) {
 		t.Fatalf("Link to dead pid: %v", err)
 	}
 	_ = pid
@@ -355,28 +358,28 @@ func TestLinkToDeadProcess(t *testing.T) {
 }
 
 func TestLinkChain(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	// c <- b <- a: a's crash takes b, and b's exit takes c.
 	c, cp := spawnProbe(t, rt, false)
-	b, _ := rt.SpawnProcess(&fn{init: func(ctx *Context, _ any) error { return ctx.Link(c) }}, nil)
-	a, _ := rt.SpawnProcess(&fn{
-		init: func(ctx *Context, _ any) error { return ctx.Link(b) },
-		info: func(*Context, any) { panic("chain") },
+	b, _ := rt.SpawnProcess(&Func{OnInit: func(ctx *Context, _ any) error { return ctx.Link(c) }}, nil)
+	a, _ := rt.SpawnProcess(&Func{
+		OnInit: func(ctx *Context, _ any) error { return ctx.Link(b) },
+		OnInfo: func(*Context, any) { panic("chain") },
 	}, nil)
 	_ = rt.Send(a, "go")
-	r := recv(t, cp.exit)
+	r := Recv(t, cp.exit)
 	if crash, ok := errors.AsType[*CrashError](r); !ok || crash.Value != "chain" {
 		t.Fatalf("end of the chain exited with %v", r)
 	}
 }
 
 func TestStopProcess(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	pid, p := spawnProbe(t, rt, false)
 	if reason, err := rt.StopProcess(context.Background(), PID{}, pid, Shutdown, time.Second); err != nil || reason != Shutdown {
 		t.Fatalf("StopProcess = %v, %v", reason, err)
 	}
-	if r := recv(t, p.exit); r != Shutdown {
+	if r := Recv(t, p.exit); r != Shutdown {
 		t.Fatalf("Terminate(%v)", r)
 	}
 	if _, err := rt.StopProcess(context.Background(), PID{}, pid, Shutdown, time.Second); !errors.Is(err, ErrNoProcess) {
@@ -403,7 +406,7 @@ func TestStopProcess(t *testing.T) {
 // Exit hooks (the registry releasing names) run before anything that
 // observes the exit: StopProcess's return, MonitorFunc, callers, Down.
 func TestExitHooksRunBeforeObservers(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	for i := range 200 {
 		var mu sync.Mutex
 		var log []string
@@ -424,7 +427,7 @@ func TestExitHooksRunBeforeObservers(t *testing.T) {
 			reason, _ = rt.StopProcess(context.Background(), PID{}, pid, Shutdown, 0)
 		}
 		note("stopped")
-		recvType[Down](t, downs)
+		RecvType[Down](t, downs)
 		mu.Lock()
 		got := fmt.Sprint(log[:3])
 		mu.Unlock()
@@ -437,10 +440,10 @@ func TestExitHooksRunBeforeObservers(t *testing.T) {
 // A handler that never returns is abandoned by Kill: the process is gone
 // at once for everyone else.
 func TestKillAbandonsStuckHandler(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	stuck := make(chan struct{})
 	entered := make(chan *Context, 1)
-	pid, _ := rt.SpawnProcess(&fn{info: func(c *Context, _ any) {
+	pid, _ := rt.SpawnProcess(&Func{OnInfo: func(c *Context, _ any) {
 		entered <- c
 		<-stuck
 		// Abandoned: acting in the dead process's name fails.
@@ -450,11 +453,11 @@ func TestKillAbandonsStuckHandler(t *testing.T) {
 	}}, nil)
 	_, downs, _ := watch(t, rt, pid)
 	_ = rt.Send(pid, "block")
-	recv(t, entered)
+	Recv(t, entered)
 	if _, err := rt.StopProcess(context.Background(), PID{}, pid, Shutdown, 10*time.Millisecond); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("StopProcess: %v", err)
 	}
-	if d := recvType[Down](t, downs); d.Reason != Killed {
+	if d := RecvType[Down](t, downs); d.Reason != Killed {
 		t.Fatalf("Down %+v", d)
 	}
 	if rt.Alive(pid) || rt.Count() != 1 {
@@ -464,22 +467,22 @@ func TestKillAbandonsStuckHandler(t *testing.T) {
 }
 
 func TestShutdownStopsEverything(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	terminated := make(chan error, 100)
 	term := func(_ *Context, r error) { terminated <- r }
 	orphans := make(chan PID, 10)
 	for range 5 {
 		// Roots that trap exits stop too: the node is their parent.
-		_, err := rt.SpawnProcess(&fn{
-			init: func(c *Context, _ any) error {
+		_, err := rt.SpawnProcess(&Func{
+			OnInit: func(c *Context, _ any) error {
 				c.TrapExits(true)
 				// An unlinked child outlives its parent and is stopped in
 				// the second pass.
-				pid, err := c.SpawnProcess(&fn{term: term}, nil)
+				pid, err := c.SpawnProcess(&Func{OnTerminate: term}, nil)
 				orphans <- pid
 				return err
 			},
-			term: term,
+			OnTerminate: term,
 		}, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -489,14 +492,14 @@ func TestShutdownStopsEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 10 {
-		if r := recv(t, terminated); r != Shutdown {
+		if r := Recv(t, terminated); r != Shutdown {
 			t.Fatalf("terminated with %v", r)
 		}
 	}
 	if rt.Count() != 0 {
 		t.Fatalf("%d processes after Shutdown", rt.Count())
 	}
-	if _, err := rt.SpawnProcess(&fn{}, nil); !errors.Is(err, ErrStopped) {
+	if _, err := rt.SpawnProcess(&Func{}, nil); !errors.Is(err, ErrStopped) {
 		t.Fatalf("spawn after Shutdown: %v", err)
 	}
 }
@@ -504,32 +507,32 @@ func TestShutdownStopsEverything(t *testing.T) {
 // A process left behind by its parent, trapping exits, is still stopped
 // (with Terminate) by the node's shutdown.
 func TestShutdownStopsTrappingOrphans(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	orphan := newProbe()
 	orphan.trap = true
-	_, err := rt.SpawnProcess(&fn{init: func(c *Context, _ any) error {
+	_, err := rt.SpawnProcess(&Func{OnInit: func(c *Context, _ any) error {
 		_, err := c.SpawnProcess(orphan, nil) // not linked
 		return err
 	}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	ctx, cancel := context.WithTimeout(context.Background(), Wait)
 	defer cancel()
 	if err := rt.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	if r := recv(t, orphan.exit); r != Shutdown {
+	if r := Recv(t, orphan.exit); r != Shutdown {
 		t.Fatalf("orphan terminated with %v", r)
 	}
 }
 
 func TestShutdownKillsWhatWillNotStop(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	stuck := make(chan struct{})
 	defer close(stuck)
 	entered := make(chan struct{})
-	pid, _ := rt.SpawnProcess(&fn{info: func(*Context, any) { close(entered); <-stuck }}, nil)
+	pid, _ := rt.SpawnProcess(&Func{OnInfo: func(*Context, any) { close(entered); <-stuck }}, nil)
 	_ = rt.Send(pid, "block")
 	<-entered
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
@@ -545,12 +548,12 @@ func TestShutdownKillsWhatWillNotStop(t *testing.T) {
 // Many processes sending, calling, linking, monitoring and dying at random.
 // Run with -race; at the end every process is accounted for and no call hung.
 func TestStress(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	const n = 200
 	pids := make([]PID, n)
 	for i := range pids {
-		pid, err := rt.SpawnProcess(&fn{
-			info: func(c *Context, m any) {
+		pid, err := rt.SpawnProcess(&Func{
+			OnInfo: func(c *Context, m any) {
 				switch m := m.(type) {
 				case PID:
 					switch rand.IntN(4) {
@@ -571,7 +574,7 @@ func TestStress(t *testing.T) {
 					}
 				}
 			},
-			call: func(_ *Context, m any) (any, error) { return m, nil },
+			OnCall: func(_ *Context, m any) (any, error) { return m, nil },
 		}, nil, TrapExits())
 		if err != nil {
 			t.Fatal(err)
@@ -593,7 +596,7 @@ func TestStress(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	ctx, cancel := context.WithTimeout(context.Background(), Wait)
 	defer cancel()
 	if err := rt.Shutdown(ctx); err != nil {
 		rt.Processes(func(i Info) bool { t.Logf("left: %+v", i); return true })

@@ -1,23 +1,20 @@
-package proc
+package proc_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
-	"sync"
 	"testing"
-	"time"
+
+	. "github.com/herdkit/herd/internal/proc"
+	. "github.com/herdkit/herd/internal/proctest"
 )
 
-// wait is how long a test waits for something that should happen promptly.
-// Tests never sleep: they wait for a condition and fail after this deadline.
-const wait = 5 * time.Second
+// The tests of proc use only its exported API, with proctest's helpers:
+// NewRuntime, Func, Recv, RecvType, Exits, Eventually.
 
-func newRT(t testing.TB) *Runtime {
-	t.Helper()
-	return newRTWith(t, Config{})
-}
-
+// newRTWith is NewRuntime with a Config of the test's own.
 func newRTWith(t testing.TB, cfg Config) *Runtime {
 	t.Helper()
 	if cfg.Node.Name == "" {
@@ -31,7 +28,7 @@ func newRTWith(t testing.TB, cfg Config) *Runtime {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		ctx, cancel := context.WithTimeout(context.Background(), Wait)
 		defer cancel()
 		if err := rt.Shutdown(ctx); err != nil {
 			t.Errorf("shutdown: %v", err)
@@ -40,56 +37,16 @@ func newRTWith(t testing.TB, cfg Config) *Runtime {
 	return rt
 }
 
-// fn is a Process built from functions; nil ones default to Base.
-type fn struct {
-	Base
-	init func(*Context, any) error
-	call func(*Context, any) (any, error)
-	cast func(*Context, any)
-	info func(*Context, any)
-	term func(*Context, error)
-}
-
-func (f *fn) Init(c *Context, a any) error {
-	if f.init != nil {
-		return f.init(c, a)
-	}
-	return nil
-}
-
-func (f *fn) HandleCall(c *Context, m any) (any, error) {
-	if f.call != nil {
-		return f.call(c, m)
-	}
-	return f.Base.HandleCall(c, m)
-}
-
-func (f *fn) HandleCast(c *Context, m any) {
-	if f.cast != nil {
-		f.cast(c, m)
-	}
-}
-
-func (f *fn) HandleInfo(c *Context, m any) {
-	if f.info != nil {
-		f.info(c, m)
-	}
-}
-
-func (f *fn) Terminate(c *Context, r error) {
-	if f.term != nil {
-		f.term(c, r)
-	}
-}
-
-// probe is a process that forwards every info message to a channel, and
-// records its exit reason.
+// probe is a process that forwards every message to a channel, answers
+// syncMsg calls, and records its exit reason.
 type probe struct {
 	Base
 	ch   chan any
 	trap bool
 	exit chan error
 }
+
+type syncMsg struct{}
 
 func newProbe() *probe { return &probe{ch: make(chan any, 1024), exit: make(chan error, 1)} }
 
@@ -100,6 +57,13 @@ func (p *probe) Init(c *Context, _ any) error {
 func (p *probe) HandleInfo(_ *Context, m any)       { p.ch <- m }
 func (p *probe) HandleCast(_ *Context, m any)       { p.ch <- m }
 func (p *probe) Terminate(_ *Context, reason error) { p.exit <- reason }
+func (p *probe) HandleCall(_ *Context, m any) (any, error) {
+	if _, ok := m.(syncMsg); ok {
+		return nil, nil
+	}
+	p.ch <- m
+	return m, nil
+}
 
 func spawnProbe(t testing.TB, rt *Runtime, trap bool) (PID, *probe) {
 	t.Helper()
@@ -110,29 +74,6 @@ func spawnProbe(t testing.TB, rt *Runtime, trap bool) (PID, *probe) {
 		t.Fatal(err)
 	}
 	return pid, p
-}
-
-// recv waits for the next value on ch.
-func recv[T any](t testing.TB, ch <-chan T) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(wait):
-		t.Fatalf("nothing received within %v", wait)
-		panic("unreachable")
-	}
-}
-
-// recvType waits for the next value on ch and asserts its type.
-func recvType[M any](t testing.TB, ch <-chan any) M {
-	t.Helper()
-	v := recv(t, ch)
-	m, ok := v.(M)
-	if !ok {
-		t.Fatalf("received %T (%v), want %T", v, v, m)
-	}
-	return m
 }
 
 // none asserts that nothing is waiting on ch. Callers first make sure that
@@ -147,56 +88,21 @@ func none[T any](t testing.TB, ch <-chan T) {
 	}
 }
 
-// sync waits until pid has handled everything sent to it before this call,
-// by a round trip through its mailbox. The process must answer calls; fn and
-// probe processes answer the syncMsg call.
+// syncWith waits until pid has handled everything sent to it before this
+// call, by a round trip through its mailbox. The process must answer the
+// syncMsg call (probes do; Func processes return anything).
 func syncWith(t testing.TB, rt *Runtime, pid PID) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	ctx, cancel := context.WithTimeout(context.Background(), Wait)
 	defer cancel()
-	if _, err := rt.Call(ctx, pid, syncMsg{}); err != nil {
+	if _, err := rt.Call(ctx, pid, syncMsg{}); err != nil && !isUnhandled(err) {
 		t.Fatalf("sync with %v: %v", pid, err)
 	}
-}
-
-type syncMsg struct{}
-
-func (p *probe) HandleCall(_ *Context, m any) (any, error) {
-	if _, ok := m.(syncMsg); ok {
-		return nil, nil
-	}
-	p.ch <- m
-	return m, nil
-}
-
-// exited waits for pid to exit and returns its reason.
-func exited(t testing.TB, rt *Runtime, pid PID) error {
-	t.Helper()
-	ch := make(chan error, 1)
-	if _, ok := rt.MonitorFunc(pid, func(_ PID, r error) { ch <- r }); !ok {
-		t.Fatalf("%v is not alive", pid)
-	}
-	return recv(t, ch)
-}
-
-type counter struct {
-	mu sync.Mutex
-	n  int
-}
-
-func (c *counter) add() {
-	c.mu.Lock()
-	c.n++
-	c.mu.Unlock()
-}
-
-func (c *counter) get() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n
 }
 
 // echo answers every call with the message.
 type echo struct{ Base }
 
 func (echo) HandleCall(_ *Context, msg any) (any, error) { return msg, nil }
+
+func isUnhandled(err error) bool { return errors.Is(err, ErrUnhandled) }

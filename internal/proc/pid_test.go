@@ -1,9 +1,11 @@
-package proc
+package proc_test
 
 import (
 	"encoding/json"
 	"errors"
 	"testing"
+
+	. "github.com/herdkit/herd/internal/proc"
 )
 
 func TestPIDStringParseRoundTrip(t *testing.T) {

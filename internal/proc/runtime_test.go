@@ -1,4 +1,4 @@
-package proc
+package proc_test
 
 import (
 	"context"
@@ -11,14 +11,17 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	. "github.com/herdkit/herd/internal/proc"
+	. "github.com/herdkit/herd/internal/proctest"
 )
 
 func TestSpawnRunsInitWithArgsBeforeMessages(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	got := make(chan any, 10)
 	var self PID
-	b := &fn{
-		init: func(c *Context, args any) error {
+	b := &Func{
+		OnInit: func(c *Context, args any) error {
 			self = c.Self()
 			got <- args
 			// A message sent to itself during Init waits until Init is done.
@@ -26,7 +29,7 @@ func TestSpawnRunsInitWithArgsBeforeMessages(t *testing.T) {
 			got <- "init-done"
 			return nil
 		},
-		info: func(_ *Context, m any) { got <- m },
+		OnInfo: func(_ *Context, m any) { got <- m },
 	}
 	pid, err := rt.SpawnProcess(b, "the-args")
 	if err != nil {
@@ -36,20 +39,20 @@ func TestSpawnRunsInitWithArgsBeforeMessages(t *testing.T) {
 		t.Fatalf("pid %v, Self in Init %v, node %v", pid, self, rt.Node())
 	}
 	for _, want := range []any{"the-args", "init-done", "from-init"} {
-		if v := recv(t, got); v != want {
+		if v := Recv(t, got); v != want {
 			t.Fatalf("got %v, want %v", v, want)
 		}
 	}
 }
 
 func TestSpawnInitErrorAndPanic(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	boom := errors.New("boom")
-	_, err := rt.SpawnProcess(&fn{init: func(*Context, any) error { return boom }}, nil)
+	_, err := rt.SpawnProcess(&Func{OnInit: func(*Context, any) error { return boom }}, nil)
 	if !errors.Is(err, boom) {
 		t.Fatalf("Init error: spawn returned %v, want it to wrap %v", err, boom)
 	}
-	_, err = rt.SpawnProcess(&fn{init: func(*Context, any) error { panic("init exploded") }}, nil)
+	_, err = rt.SpawnProcess(&Func{OnInit: func(*Context, any) error { panic("init exploded") }}, nil)
 	crash, ok := errors.AsType[*CrashError](err)
 	if !ok || crash.Value != "init exploded" || !strings.Contains(string(crash.Stack), "runtime_test.go") {
 		t.Fatalf("Init panic: spawn returned %v, want a CrashError with the value and stack", err)
@@ -60,11 +63,11 @@ func TestSpawnInitErrorAndPanic(t *testing.T) {
 }
 
 func TestInitFailureReleasesWhatInitTook(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	watcher, w := spawnProbe(t, rt, true)
 	_ = watcher
 	var failed PID
-	_, err := rt.SpawnProcess(&fn{init: func(c *Context, _ any) error {
+	_, err := rt.SpawnProcess(&Func{OnInit: func(c *Context, _ any) error {
 		failed = c.Self()
 		if err := c.Link(watcher); err != nil {
 			return err
@@ -75,7 +78,7 @@ func TestInitFailureReleasesWhatInitTook(t *testing.T) {
 		t.Fatal("spawn succeeded")
 	}
 	// The process linked during Init, so its linked peer hears of the exit.
-	ex := recvType[Exit](t, w.ch)
+	ex := RecvType[Exit](t, w.ch)
 	if ex.From != failed || ex.Reason.Error() != "no" {
 		t.Fatalf("linked peer got %+v", ex)
 	}
@@ -85,16 +88,16 @@ func TestInitFailureReleasesWhatInitTook(t *testing.T) {
 }
 
 func TestStopInInit(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	terminated := make(chan error, 1)
-	pid, err := rt.SpawnProcess(&fn{
-		init: func(c *Context, _ any) error { c.Stop(nil); return nil },
-		term: func(_ *Context, r error) { terminated <- r },
+	pid, err := rt.SpawnProcess(&Func{
+		OnInit:      func(c *Context, _ any) error { c.Stop(nil); return nil },
+		OnTerminate: func(_ *Context, r error) { terminated <- r },
 	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := recv(t, terminated); r != Normal {
+	if r := Recv(t, terminated); r != Normal {
 		t.Fatalf("Terminate reason %v, want Normal", r)
 	}
 	exitedOrGone(t, rt, pid) // Terminate runs before the process is gone
@@ -104,7 +107,7 @@ func TestStopInInit(t *testing.T) {
 }
 
 func TestKinds(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	if err := rt.RegisterKind("echo", func() Process { return &echo{} }); err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +133,7 @@ func TestKinds(t *testing.T) {
 }
 
 func TestSendCastCall(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	pid, p := spawnProbe(t, rt, false)
 	if err := rt.Send(pid, "info"); err != nil {
 		t.Fatal(err)
@@ -138,10 +141,10 @@ func TestSendCastCall(t *testing.T) {
 	if err := rt.Cast(pid, "cast"); err != nil {
 		t.Fatal(err)
 	}
-	if v := recv(t, p.ch); v != "info" {
+	if v := Recv(t, p.ch); v != "info" {
 		t.Fatalf("got %v", v)
 	}
-	if v := recv(t, p.ch); v != "cast" {
+	if v := Recv(t, p.ch); v != "cast" {
 		t.Fatalf("got %v", v)
 	}
 	reply, err := rt.Call(context.Background(), pid, "question")
@@ -151,9 +154,9 @@ func TestSendCastCall(t *testing.T) {
 }
 
 func TestCallReturnsHandlerError(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	bad := errors.New("bad request")
-	pid, _ := rt.SpawnProcess(&fn{call: func(_ *Context, m any) (any, error) { return "partial", bad }}, nil)
+	pid, _ := rt.SpawnProcess(&Func{OnCall: func(_ *Context, m any) (any, error) { return "partial", bad }}, nil)
 	reply, err := rt.Call(context.Background(), pid, 1)
 	if !errors.Is(err, bad) || reply != "partial" {
 		t.Fatalf("Call = %v, %v", reply, err)
@@ -163,14 +166,14 @@ func TestCallReturnsHandlerError(t *testing.T) {
 		t.Fatal("process died after returning an error")
 	}
 	// Base answers calls with ErrUnhandled.
-	pid2, _ := rt.SpawnProcess(&fn{}, nil)
+	pid2, _ := rt.SpawnProcess(&Func{}, nil)
 	if _, err := rt.Call(context.Background(), pid2, 1); !errors.Is(err, ErrUnhandled) {
 		t.Fatalf("Base.HandleCall: %v", err)
 	}
 }
 
 func TestSendToMissingTargets(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	missing := PID{Node: rt.Node(), ID: 999}
 	if err := rt.Send(missing, 1); !errors.Is(err, ErrNoProcess) {
 		t.Fatalf("send to missing pid: %v", err)
@@ -199,7 +202,7 @@ func TestSendToMissingTargets(t *testing.T) {
 }
 
 func TestResolverRoutesNames(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	pid, p := spawnProbe(t, rt, false)
 	rt.SetResolver(func(n EnvName) (PID, bool) {
 		if n == (EnvName{Env: "tenant", Name: "svc"}) || n == (EnvName{Name: "svc"}) {
@@ -216,10 +219,10 @@ func TestResolverRoutesNames(t *testing.T) {
 	if err := rt.Send(InEnv("other", "svc"), "c"); !errors.Is(err, ErrNoName) {
 		t.Fatalf("name in another environment resolved: %v", err)
 	}
-	if v := recv(t, p.ch); v != "a" {
+	if v := Recv(t, p.ch); v != "a" {
 		t.Fatal(v)
 	}
-	if v := recv(t, p.ch); v != "b" {
+	if v := Recv(t, p.ch); v != "b" {
 		t.Fatal(v)
 	}
 	if r, err := rt.Call(context.Background(), Name("svc"), "q"); err != nil || r != "q" {
@@ -228,9 +231,9 @@ func TestResolverRoutesNames(t *testing.T) {
 }
 
 func TestCallContextEnds(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	release := make(chan struct{})
-	pid, _ := rt.SpawnProcess(&fn{call: func(_ *Context, m any) (any, error) {
+	pid, _ := rt.SpawnProcess(&Func{OnCall: func(_ *Context, m any) (any, error) {
 		<-release
 		return m, nil
 	}}, nil)
@@ -241,7 +244,7 @@ func TestCallContextEnds(t *testing.T) {
 		done <- err
 	}()
 	cancel()
-	if err := recv(t, done); !errors.Is(err, context.Canceled) {
+	if err := Recv(t, done); !errors.Is(err, context.Canceled) {
 		t.Fatalf("call after cancel: %v", err)
 	}
 	close(release)
@@ -257,10 +260,10 @@ func TestCallContextEnds(t *testing.T) {
 // A late reply to an abandoned call must never be taken for the reply to a
 // later call, even though waiters are reused.
 func TestLateReplyIsNotMistakenForNextCall(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	var pending []ReplyTo
 	var mu sync.Mutex
-	pid, _ := rt.SpawnProcess(&fn{call: func(c *Context, m any) (any, error) {
+	pid, _ := rt.SpawnProcess(&Func{OnCall: func(c *Context, m any) (any, error) {
 		if m == "defer" {
 			mu.Lock()
 			pending = append(pending, c.DeferReply())
@@ -297,17 +300,17 @@ func TestLateReplyIsNotMistakenForNextCall(t *testing.T) {
 		}
 	}
 	done := make(chan error, 1)
-	_, err := rt.SpawnProcess(&fn{init: func(c *Context, _ any) error {
+	_, err := rt.SpawnProcess(&Func{OnInit: func(c *Context, _ any) error {
 		_ = c.Send(c.Self(), "go")
 		return nil
-	}, info: func(c *Context, _ any) {
+	}, OnInfo: func(c *Context, _ any) {
 		caller(c)
 		done <- nil
-	}, term: func(_ *Context, r error) { done <- r }}, nil)
+	}, OnTerminate: func(_ *Context, r error) { done <- r }}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := recv(t, done); err != nil {
+	if err := Recv(t, done); err != nil {
 		t.Fatal(err)
 	}
 	// Same from non-process callers, whose waiters come from a pool.
@@ -334,8 +337,8 @@ func TestLateReplyIsNotMistakenForNextCall(t *testing.T) {
 }
 
 func TestDeferredReplyFromAnotherGoroutine(t *testing.T) {
-	rt := newRT(t)
-	pid, _ := rt.SpawnProcess(&fn{call: func(c *Context, m any) (any, error) {
+	rt := NewRuntime(t)
+	pid, _ := rt.SpawnProcess(&Func{OnCall: func(c *Context, m any) (any, error) {
 		r := c.DeferReply()
 		if r.Caller() != c.Caller() {
 			panic("ReplyTo.Caller differs from Context.Caller")
@@ -350,39 +353,39 @@ func TestDeferredReplyFromAnotherGoroutine(t *testing.T) {
 }
 
 func TestCallerIdentity(t *testing.T) {
-	rt := newRT(t)
-	callee, _ := rt.SpawnProcess(&fn{call: func(c *Context, _ any) (any, error) { return c.Caller(), nil }}, nil)
+	rt := NewRuntime(t)
+	callee, _ := rt.SpawnProcess(&Func{OnCall: func(c *Context, _ any) (any, error) { return c.Caller(), nil }}, nil)
 	if got, _ := rt.Call(context.Background(), callee, nil); got != (PID{}) {
 		t.Fatalf("caller outside a process = %v, want zero", got)
 	}
 	res := make(chan any, 1)
-	callerPID, _ := rt.SpawnProcess(&fn{info: func(c *Context, _ any) {
+	callerPID, _ := rt.SpawnProcess(&Func{OnInfo: func(c *Context, _ any) {
 		got, _ := c.Call(context.Background(), callee, nil)
 		res <- got
 	}}, nil)
 	_ = rt.Send(callerPID, "go")
-	if got := recv(t, res); got != callerPID {
+	if got := Recv(t, res); got != callerPID {
 		t.Fatalf("Caller = %v, want %v", got, callerPID)
 	}
 }
 
 func TestCallSelf(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	res := make(chan error, 1)
-	pid, _ := rt.SpawnProcess(&fn{info: func(c *Context, _ any) {
+	pid, _ := rt.SpawnProcess(&Func{OnInfo: func(c *Context, _ any) {
 		_, err := c.Call(context.Background(), c.Self(), "me")
 		res <- err
 	}}, nil)
 	_ = rt.Send(pid, "go")
-	if err := recv(t, res); !errors.Is(err, ErrCallSelf) {
+	if err := Recv(t, res); !errors.Is(err, ErrCallSelf) {
 		t.Fatalf("call self: %v", err)
 	}
 }
 
 func TestCallToProcessThatDiesMidCall(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	entered := make(chan struct{})
-	pid, _ := rt.SpawnProcess(&fn{call: func(c *Context, m any) (any, error) {
+	pid, _ := rt.SpawnProcess(&Func{OnCall: func(c *Context, m any) (any, error) {
 		close(entered)
 		panic("died mid-call")
 	}}, nil)
@@ -400,11 +403,11 @@ func TestCallToProcessThatDiesMidCall(t *testing.T) {
 // Calls queued behind a handler that never returns end as soon as the
 // process is killed, not when their contexts do.
 func TestCallsToKilledStuckProcessEnd(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	stuck := make(chan struct{})
 	defer close(stuck)
 	entered := make(chan struct{}, 10)
-	pid, _ := rt.SpawnProcess(&fn{call: func(c *Context, m any) (any, error) {
+	pid, _ := rt.SpawnProcess(&Func{OnCall: func(c *Context, m any) (any, error) {
 		entered <- struct{}{}
 		<-stuck
 		return m, nil
@@ -417,9 +420,9 @@ func TestCallsToKilledStuckProcessEnd(t *testing.T) {
 			errs <- err
 		}()
 	}
-	recv(t, entered)
+	Recv(t, entered)
 	// One call is being handled; wait until the others are queued behind it.
-	deadline := time.Now().Add(wait)
+	deadline := time.Now().Add(Wait)
 	for in, _ := rt.Info(pid); in.Mailbox < callers; in, _ = rt.Info(pid) {
 		if time.Now().After(deadline) {
 			t.Fatalf("only %d calls queued", in.Mailbox)
@@ -430,7 +433,7 @@ func TestCallsToKilledStuckProcessEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range callers {
-		err := recv(t, errs)
+		err := Recv(t, errs)
 		if !errors.Is(err, ErrNoProcess) || !errors.Is(err, Killed) {
 			t.Fatalf("call to killed process: %v", err)
 		}
@@ -440,14 +443,14 @@ func TestCallsToKilledStuckProcessEnd(t *testing.T) {
 // Messages from one sender arrive in the order sent, with many senders at
 // once.
 func TestFIFOPerSender(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	const senders, per = 8, 5000
 	type msg struct{ from, seq int }
 	last := make([]int, senders)
 	bad := make(chan string, 1)
 	done := make(chan struct{})
 	total := 0
-	pid, _ := rt.SpawnProcess(&fn{info: func(_ *Context, m any) {
+	pid, _ := rt.SpawnProcess(&Func{OnInfo: func(_ *Context, m any) {
 		x := m.(msg)
 		if x.seq != last[x.from]+1 {
 			select {
@@ -471,7 +474,7 @@ func TestFIFOPerSender(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	recv(t, done)
+	Recv(t, done)
 	select {
 	case e := <-bad:
 		t.Fatal(e)
@@ -480,18 +483,18 @@ func TestFIFOPerSender(t *testing.T) {
 }
 
 func TestPanicIsolation(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	healthy, hp := spawnProbe(t, rt, false)
-	crasher, _ := rt.SpawnProcess(&fn{info: func(*Context, any) { panic(errors.New("kaboom")) }}, nil)
+	crasher, _ := rt.SpawnProcess(&Func{OnInfo: func(*Context, any) { panic(errors.New("kaboom")) }}, nil)
 	_, downs, _ := watch(t, rt, crasher)
 	_ = rt.Send(crasher, "die")
-	reason := recvType[Down](t, downs).Reason
+	reason := RecvType[Down](t, downs).Reason
 	crash, ok := errors.AsType[*CrashError](reason)
 	if !ok || crash.Error() != "crash: panic: kaboom" || crash.Unwrap() == nil {
 		t.Fatalf("crash reason: %v", reason)
 	}
 	_ = rt.Send(healthy, "still here")
-	if v := recv(t, hp.ch); v != "still here" {
+	if v := Recv(t, hp.ch); v != "still here" {
 		t.Fatal(v)
 	}
 }
@@ -502,9 +505,9 @@ func TestPanicIsolation(t *testing.T) {
 func exitedOrGone(t testing.TB, rt *Runtime, pid PID) error {
 	t.Helper()
 	res := make(chan error, 1)
-	_, err := rt.SpawnProcess(&fn{
-		init: func(c *Context, _ any) error { c.Monitor(pid); return nil },
-		info: func(_ *Context, m any) {
+	_, err := rt.SpawnProcess(&Func{
+		OnInit: func(c *Context, _ any) error { c.Monitor(pid); return nil },
+		OnInfo: func(_ *Context, m any) {
 			if d, ok := m.(Down); ok {
 				res <- d.Reason
 			}
@@ -513,34 +516,34 @@ func exitedOrGone(t testing.TB, rt *Runtime, pid PID) error {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return recv(t, res)
+	return Recv(t, res)
 }
 
 func TestTerminatePanicIsContained(t *testing.T) {
-	rt := newRT(t)
-	pid, _ := rt.SpawnProcess(&fn{
-		info: func(c *Context, _ any) { c.Stop(errors.New("done")) },
-		term: func(*Context, error) { panic("terminate exploded") },
+	rt := NewRuntime(t)
+	pid, _ := rt.SpawnProcess(&Func{
+		OnInfo:      func(c *Context, _ any) { c.Stop(errors.New("done")) },
+		OnTerminate: func(*Context, error) { panic("terminate exploded") },
 	}, nil)
 	_, downs, _ := watch(t, rt, pid)
 	_ = rt.Send(pid, "stop")
-	if d := recvType[Down](t, downs); d.Reason.Error() != "done" {
+	if d := RecvType[Down](t, downs); d.Reason.Error() != "done" {
 		t.Fatalf("reason %v, want the Stop reason", d.Reason)
 	}
 }
 
 func TestIdleProcessesHoldNoGoroutine(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	before := runtime.NumGoroutine()
 	pids := make([]PID, 1000)
 	for i := range pids {
 		var p *probe
 		pids[i], p = spawnProbe(t, rt, false)
 		_ = rt.Send(pids[i], i)
-		recv(t, p.ch)
+		Recv(t, p.ch)
 	}
 	// Every process has handled its message; wait until each has gone idle.
-	deadline := time.Now().Add(wait)
+	deadline := time.Now().Add(Wait)
 	for runtime.NumGoroutine() > before+10 {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d goroutines for 1000 idle processes (%d before)", runtime.NumGoroutine(), before)
@@ -550,16 +553,16 @@ func TestIdleProcessesHoldNoGoroutine(t *testing.T) {
 }
 
 func TestContextDoneClosesOnExit(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	ctxs := make(chan *Context, 1)
-	pid, _ := rt.SpawnProcess(&fn{init: func(c *Context, _ any) error { ctxs <- c; return nil }}, nil)
-	c := recv(t, ctxs)
+	pid, _ := rt.SpawnProcess(&Func{OnInit: func(c *Context, _ any) error { ctxs <- c; return nil }}, nil)
+	c := Recv(t, ctxs)
 	if c.Err() != nil {
 		t.Fatal("Err before exit")
 	}
 	done := c.Done()
 	_ = rt.Exit(PID{}, pid, Kill)
-	recv(t, done)
+	Recv(t, done)
 	if !errors.Is(c.Err(), context.Canceled) {
 		t.Fatalf("Err after exit = %v", c.Err())
 	}
@@ -567,14 +570,14 @@ func TestContextDoneClosesOnExit(t *testing.T) {
 	if err := c.Send(pid, 1); !errors.Is(err, ErrNoProcess) {
 		t.Fatalf("send from dead context: %v", err)
 	}
-	if _, err := c.SpawnProcess(&fn{}, nil); !errors.Is(err, ErrNoProcess) {
+	if _, err := c.SpawnProcess(&Func{}, nil); !errors.Is(err, ErrNoProcess) {
 		t.Fatalf("spawn from dead context: %v", err)
 	}
 }
 
 func TestSendAfterAndCancel(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := newRT(t)
+		rt := NewRuntime(t)
 		pid, p := spawnProbe(t, rt, false)
 		start := time.Now()
 		rt.SendAfter(pid, "tick", 3*time.Second)
@@ -598,11 +601,11 @@ func TestSendAfterAndCancel(t *testing.T) {
 
 func TestContextSendAfterToSelf(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := newRT(t)
+		rt := NewRuntime(t)
 		got := make(chan any, 1)
-		_, err := rt.SpawnProcess(&fn{
-			init: func(c *Context, _ any) error { c.SendAfter(time.Minute, "wake"); return nil },
-			info: func(_ *Context, m any) { got <- m },
+		_, err := rt.SpawnProcess(&Func{
+			OnInit: func(c *Context, _ any) error { c.SendAfter(time.Minute, "wake"); return nil },
+			OnInfo: func(_ *Context, m any) { got <- m },
 		}, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -615,19 +618,19 @@ func TestContextSendAfterToSelf(t *testing.T) {
 }
 
 func TestInfoAndProcesses(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	parentGot := make(chan PID, 1)
-	parent, _ := rt.SpawnProcess(&fn{info: func(c *Context, _ any) {
-		child, err := c.SpawnProcess(&fn{}, nil, Linked(), TrapExits())
+	parent, _ := rt.SpawnProcess(&Func{OnInfo: func(c *Context, _ any) {
+		child, err := c.SpawnProcess(&Func{}, nil, Linked(), TrapExits())
 		if err != nil {
 			panic(err)
 		}
 		parentGot <- child
 	}}, nil)
 	_ = rt.Send(parent, "spawn")
-	child := recv(t, parentGot)
+	child := Recv(t, parentGot)
 	in, ok := rt.Info(child)
-	if !ok || in.Parent != parent || in.Links != 1 || !in.TrapExits || in.Kind != "*proc.fn" {
+	if !ok || in.Parent != parent || in.Links != 1 || !in.TrapExits || in.Kind != "*proctest.Func" {
 		t.Fatalf("Info = %+v, %v", in, ok)
 	}
 	seen := map[PID]bool{}
@@ -670,13 +673,13 @@ func TestLongMailboxWarnsOncePerBusySpell(t *testing.T) {
 	h := &captureHandler{}
 	rt := newRTWith(t, Config{Logger: slog.New(h), MailboxWarn: 100})
 	release := make(chan struct{})
-	pid, _ := rt.SpawnProcess(&fn{
-		info: func(_ *Context, m any) {
+	pid, _ := rt.SpawnProcess(&Func{
+		OnInfo: func(_ *Context, m any) {
 			if m == "block" {
 				<-release
 			}
 		},
-		call: func(*Context, any) (any, error) { return nil, nil },
+		OnCall: func(*Context, any) (any, error) { return nil, nil },
 	}, nil)
 	_ = rt.Send(pid, "block")
 	for i := range 300 {
@@ -688,7 +691,7 @@ func TestLongMailboxWarnsOncePerBusySpell(t *testing.T) {
 	close(release)
 	idle := func() {
 		t.Helper()
-		deadline := time.Now().Add(wait)
+		deadline := time.Now().Add(Wait)
 		for {
 			if in, _ := rt.Info(pid); !in.Running && in.Mailbox == 0 {
 				return
@@ -720,7 +723,7 @@ func TestBeforeInitHooksAndOwner(t *testing.T) {
 	owner := &struct{ name string }{"the-node"}
 	rt := newRTWith(t, Config{Owner: owner})
 	var order []string
-	pid, err := rt.SpawnProcess(&fn{init: func(c *Context, _ any) error {
+	pid, err := rt.SpawnProcess(&Func{OnInit: func(c *Context, _ any) error {
 		order = append(order, "init")
 		return nil
 	}}, nil, BeforeInit(func(c *Context) error {
@@ -738,7 +741,7 @@ func TestBeforeInitHooksAndOwner(t *testing.T) {
 	}
 	refused := errors.New("name taken")
 	initRan := false
-	_, err = rt.SpawnProcess(&fn{init: func(*Context, any) error { initRan = true; return nil }}, nil,
+	_, err = rt.SpawnProcess(&Func{OnInit: func(*Context, any) error { initRan = true; return nil }}, nil,
 		BeforeInit(func(*Context) error { return refused }))
 	if !errors.Is(err, refused) || initRan {
 		t.Fatalf("failing hook: err %v, Init ran %v", err, initRan)
@@ -751,10 +754,10 @@ func TestBeforeInitHooksAndOwner(t *testing.T) {
 // Goroutines a process starts may call through its Context at the same time
 // as the process itself; each call gets its own reply.
 func TestConcurrentCallsThroughOneContext(t *testing.T) {
-	rt := newRT(t)
+	rt := NewRuntime(t)
 	callee, _ := rt.SpawnProcess(&echo{}, nil)
 	done := make(chan error, 1)
-	caller, err := rt.SpawnProcess(&fn{info: func(c *Context, _ any) {
+	caller, err := rt.SpawnProcess(&Func{OnInfo: func(c *Context, _ any) {
 		var wg sync.WaitGroup
 		errs := make(chan error, 8)
 		for g := range 8 {
@@ -777,7 +780,7 @@ func TestConcurrentCallsThroughOneContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = rt.Send(caller, "go")
-	if err := recv(t, done); err != nil {
+	if err := Recv(t, done); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/herdkit/herd/internal/codec"
 	"github.com/herdkit/herd/internal/proc"
 	. "github.com/herdkit/herd/internal/proctest"
 	"github.com/herdkit/herd/internal/registry"
@@ -279,5 +280,25 @@ func BenchmarkRegisterUnregister(b *testing.B) {
 			b.Fatal(err)
 		}
 		i++
+	}
+}
+
+// Keys travel between nodes with the cluster backend: they round-trip
+// through the codec as compact arrays.
+func TestKeyRoundTripsThroughCodec(t *testing.T) {
+	r, err := codec.NewRegistry(codec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	codec.MustRegister[registry.Key](r, "herd.Key")
+	for _, k := range []registry.Key{registry.K("", "game:1"), registry.K("tenant", "x/y"), {}} {
+		data, err := r.Encode(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := r.Decode(data)
+		if err != nil || back != k {
+			t.Fatalf("round trip of %v gave %v, %v", k, back, err)
+		}
 	}
 }
