@@ -3,8 +3,6 @@ package proc_test
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"testing"
 
 	. "github.com/herdkit/herd/internal/proc"
@@ -13,29 +11,6 @@ import (
 
 // The tests of proc use only its exported API, with proctest's helpers:
 // NewRuntime, Func, Recv, RecvType, Exits, Eventually.
-
-// newRTWith is NewRuntime with a Config of the test's own.
-func newRTWith(t testing.TB, cfg Config) *Runtime {
-	t.Helper()
-	if cfg.Node.Name == "" {
-		cfg.Node = NodeID{Name: "test", Incarnation: 1}
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	rt, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), Wait)
-		defer cancel()
-		if err := rt.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-	})
-	return rt
-}
 
 // probe is a process that forwards every message to a channel, answers
 // syncMsg calls, and records its exit reason.

@@ -671,7 +671,7 @@ func (h *captureHandler) count(msg string) int {
 
 func TestLongMailboxWarnsOncePerBusySpell(t *testing.T) {
 	h := &captureHandler{}
-	rt := newRTWith(t, Config{Logger: slog.New(h), MailboxWarn: 100})
+	rt := NewRuntimeWith(t, Config{Logger: slog.New(h), MailboxWarn: 100})
 	release := make(chan struct{})
 	pid, _ := rt.SpawnProcess(&Func{
 		OnInfo: func(_ *Context, m any) {
@@ -721,7 +721,7 @@ func TestLongMailboxWarnsOncePerBusySpell(t *testing.T) {
 
 func TestBeforeInitHooksAndOwner(t *testing.T) {
 	owner := &struct{ name string }{"the-node"}
-	rt := newRTWith(t, Config{Owner: owner})
+	rt := NewRuntimeWith(t, Config{Owner: owner})
 	var order []string
 	pid, err := rt.SpawnProcess(&Func{OnInit: func(c *Context, _ any) error {
 		order = append(order, "init")

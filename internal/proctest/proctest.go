@@ -21,10 +21,20 @@ const Wait = 10 * time.Second
 // test ends; a shutdown error fails the test.
 func NewRuntime(t testing.TB) *proc.Runtime {
 	t.Helper()
-	rt, err := proc.New(proc.Config{
-		Node:   proc.NodeID{Name: "test", Incarnation: 1},
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	return NewRuntimeWith(t, proc.Config{})
+}
+
+// NewRuntimeWith is NewRuntime with the test's own Config; an empty node
+// name becomes "test" and a nil logger discards.
+func NewRuntimeWith(t testing.TB, cfg proc.Config) *proc.Runtime {
+	t.Helper()
+	if cfg.Node.Name == "" {
+		cfg.Node = proc.NodeID{Name: "test", Incarnation: 1}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	rt, err := proc.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -262,6 +262,11 @@ func (l *Local) Whereis(key Key) (proc.PID, bool) {
 
 // UpdateMeta implements Registry.
 func (l *Local) UpdateMeta(_ context.Context, key Key, pid proc.PID, meta Meta) error {
+	return l.updateMeta(Unique, key, pid, meta)
+}
+
+// updateMeta replaces the metadata of pid's entry of kind under key.
+func (l *Local) updateMeta(kind Kind, key Key, pid proc.PID, meta Meta) error {
 	meta, err := l.prepare(key, pid, meta)
 	if err != nil {
 		return err
@@ -270,10 +275,14 @@ func (l *Local) UpdateMeta(_ context.Context, key Key, pid proc.PID, meta Meta) 
 	defer l.mu.Unlock()
 	var e *Entry
 	if t := l.table(key.Env, false); t != nil {
-		e = t.unique[key.Name].e
+		if kind == Unique {
+			e = t.unique[key.Name].e
+		} else {
+			e = t.groups[key.Name][pid]
+		}
 	}
 	if e == nil || e.PID != pid {
-		return fmt.Errorf("%w: %v does not hold %q", ErrNotRegistered, pid, key.String())
+		return fmt.Errorf("%w: %v holds no %s entry %q", ErrNotRegistered, pid, kind, key.String())
 	}
 	l.update(e, meta)
 	return nil
@@ -346,21 +355,7 @@ func (l *Local) Members(key Key) []Entry {
 
 // UpdateMemberMeta implements Registry.
 func (l *Local) UpdateMemberMeta(_ context.Context, key Key, pid proc.PID, meta Meta) error {
-	meta, err := l.prepare(key, pid, meta)
-	if err != nil {
-		return err
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var e *Entry
-	if t := l.table(key.Env, false); t != nil {
-		e = t.groups[key.Name][pid]
-	}
-	if e == nil {
-		return fmt.Errorf("%w: %v is not a member of %q", ErrNotRegistered, pid, key.String())
-	}
-	l.update(e, meta)
-	return nil
+	return l.updateMeta(Group, key, pid, meta)
 }
 
 // each calls fn for every entry q selects, in no particular order, with the
