@@ -2,6 +2,7 @@ package herd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"iter"
 	"log/slog"
@@ -10,8 +11,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/herdkit/herd/internal/codec"
 	"github.com/herdkit/herd/internal/proc"
 	"github.com/herdkit/herd/internal/registry"
+	"github.com/herdkit/herd/internal/remote"
 )
 
 // Config configures a node.
@@ -32,6 +35,46 @@ type Config struct {
 	// StopTimeout bounds Stop when its context has no deadline: processes
 	// still alive after it are killed. Default 30s.
 	StopTimeout time.Duration
+
+	// Clustering. A node with Bind set joins a cluster; without, it runs
+	// alone and other nodes' PIDs are unreachable (ErrNodeDown).
+
+	// Bind is the host:port node-to-node traffic is accepted on (port 0
+	// picks one).
+	Bind string
+	// Advertise is the host:port other nodes dial; default the bound one.
+	Advertise string
+	// GossipBind is the host:port membership gossip uses (UDP and TCP);
+	// default Bind's host with a free port. Join addresses are gossip
+	// addresses.
+	GossipBind string
+	// GossipAdvertise is the gossip host:port other members reach; default
+	// the bound one.
+	GossipAdvertise string
+	// Join lists gossip addresses (host:port) of members to join through.
+	// They are retried with backoff until one answers.
+	Join []string
+	// DNSName, with DNSPort, finds members by A/AAAA records (a Kubernetes
+	// headless service); DNSSRV by SRV records. Retried like Join.
+	DNSName string
+	DNSPort int
+	DNSSRV  string
+	// Profile names the failure-detection timings: "lan" (default, about
+	// 2-3 s to declare a silent failure) or "local" (tests, about 0.5 s).
+	// A killed node is usually declared dead much faster, when its
+	// connections are refused.
+	Profile string
+	// Tags are advertised to other members (roles, zones).
+	Tags map[string]string
+	// TLS makes node-to-node traffic mutual TLS with the cluster CA.
+	TLS *TLS
+	// GossipKeys encrypt gossip (16, 24 or 32 bytes each; the first is
+	// used to send). Rotate by adding the new key on every node, then
+	// making it first, then removing the old one.
+	GossipKeys [][]byte
+	// Insecure allows listening beyond loopback without TLS or gossip
+	// encryption. Without it, such a node refuses to start.
+	Insecure bool
 }
 
 var nodeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
@@ -45,14 +88,18 @@ type Node struct {
 	reg      *registry.Local
 	log      *slog.Logger
 	stopWait time.Duration
+	codec    *codec.Registry
+	errs     *remote.Errors
+	cl       *cluster // nil when not clustered
 
 	stopOnce sync.Once
 	stopErr  error
 }
 
-// Start starts a node. Today a node runs alone; joining a cluster comes with
-// the cluster layer.
-func Start(ctx context.Context, cfg Config) (*Node, error) {
+// Start starts a node: alone, or joining a cluster when Config.Bind is set.
+// It returns once the node is up and has tried to join once; joining goes on
+// in the background while no member answers. Options are for herdtest.
+func Start(ctx context.Context, cfg Config, opts ...StartOption) (*Node, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -78,6 +125,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n := &Node{
 		id:       NodeID{Name: cfg.Name, Incarnation: cfg.Incarnation},
 		stopWait: cfg.StopTimeout,
+		codec:    newCodec(),
+		errs:     newErrors(),
 	}
 	n.log = cfg.Logger.With("node", n.id.String())
 	rt, err := proc.New(proc.Config{Node: n.id, Logger: n.log, MailboxWarn: cfg.MailboxWarn, Owner: n})
@@ -87,6 +136,13 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.rt = rt
 	n.reg = registry.NewLocal(rt)
 	rt.SetResolver(n.reg.Resolver())
+	if cfg.Bind != "" {
+		if err := n.startCluster(ctx, &cfg, opts); err != nil {
+			return nil, err
+		}
+	} else if len(opts) > 0 || len(cfg.Join) > 0 || cfg.DNSName != "" || cfg.DNSSRV != "" {
+		return nil, errors.New("herd: joining a cluster needs Config.Bind")
+	}
 	return n, nil
 }
 
@@ -111,6 +167,13 @@ func (n *Node) Stop(ctx context.Context) error {
 		n.stopErr = n.rt.Shutdown(ctx)
 		if n.stopErr != nil {
 			n.log.Warn("node stopped; processes that would not stop were killed", "err", n.stopErr)
+		}
+		if n.cl != nil {
+			if err := n.cl.mem.Leave(ctx); err != nil {
+				n.log.Warn("leaving the cluster", "err", err)
+			}
+			n.cl.tr.Close()
+			n.cl.remote.Close()
 		}
 	})
 	return n.stopErr
@@ -189,11 +252,11 @@ func (n *Node) Exit(to Target, reason error) error {
 	return n.rt.Exit(PID{}, pid, reason)
 }
 
-// Monitor watches the target from outside any process: the channel
-// receives exactly one Down, when the process exits (after its names are
-// released), or at once if it does not exist (Reason ErrNoProcess). cancel
-// stops the monitor; a Down may still arrive if the process was exiting as
-// cancel ran.
+// Monitor watches the target, on this node or another, from outside any
+// process: the channel receives exactly one Down, when the process exits
+// (after its names are released), when its node is lost (ErrNodeDown), or at
+// once if it does not exist (ErrNoProcess). cancel stops the monitor; a Down
+// may still arrive if the process was exiting as cancel ran.
 func (n *Node) Monitor(to Target) (downs <-chan Down, cancel func()) {
 	ch := make(chan Down, 1)
 	pid, err := n.rt.Resolve(to)
@@ -201,16 +264,8 @@ func (n *Node) Monitor(to Target) (downs <-chan Down, cancel func()) {
 		ch <- Down{PID: pid, Reason: ErrNoProcess}
 		return ch, func() {}
 	}
-	ref, ok := n.rt.MonitorFunc(pid, func(pid PID, reason error) { ch <- Down{PID: pid, Reason: reason} })
-	if !ok {
-		reason := ErrNoProcess
-		if pid.Node.Name != n.id.Name {
-			reason = ErrNodeDown // no cluster yet: another node is unreachable
-		}
-		ch <- Down{PID: pid, Reason: reason}
-		return ch, func() {}
-	}
-	return ch, func() { n.rt.DemonitorFunc(pid, ref) }
+	cancel = n.rt.MonitorRemoteFunc(pid, func(pid PID, reason error) { ch <- Down{PID: pid, Reason: reason} })
+	return ch, cancel
 }
 
 // Alive reports whether pid is a live process of this node.

@@ -59,7 +59,7 @@ func (c *Context) Send(to Target, msg any) error {
 	if c.dead() {
 		return c.errDead()
 	}
-	return c.p.rt.send(to, msg, kindInfo)
+	return c.p.rt.send(c, c.p.pid, to, msg, kindInfo)
 }
 
 // Cast delivers msg to HandleCast of the target; see Runtime.Cast.
@@ -67,7 +67,7 @@ func (c *Context) Cast(to Target, msg any) error {
 	if c.dead() {
 		return c.errDead()
 	}
-	return c.p.rt.send(to, msg, kindCast)
+	return c.p.rt.send(c, c.p.pid, to, msg, kindCast)
 }
 
 // Call calls the target and waits for its reply; see Runtime.Call. A process
@@ -221,7 +221,7 @@ type Timer struct {
 // SendAfter delivers msg to HandleInfo of the target after d. The target is
 // resolved when the timer fires.
 func (rt *Runtime) SendAfter(to Target, msg any, d time.Duration) *Timer {
-	return &Timer{t: time.AfterFunc(d, func() { _ = rt.send(to, msg, kindInfo) })}
+	return &Timer{t: time.AfterFunc(d, func() { _ = rt.send(context.Background(), PID{}, to, msg, kindInfo) })}
 }
 
 // Cancel stops the timer. It reports true if the message will not be sent;

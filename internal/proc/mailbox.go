@@ -1,6 +1,7 @@
 package proc
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -80,6 +81,28 @@ func (w *waiter) complete(seq uint32, val any, err error) bool {
 	}
 	w.ch <- callResult{val, err}
 	return true
+}
+
+// wait waits for the reply to call seq made to p, the death of p (dead),
+// or the end of ctx, whichever comes first.
+func (w *waiter) wait(ctx context.Context, seq uint32, dead <-chan struct{}, p *process) (any, error) {
+	var r callResult
+	select {
+	case r = <-w.ch:
+	case <-dead:
+		if w.abandon(seq) {
+			r.err = &ExitError{PID: p.pid, Reason: p.exitReason()}
+		} else {
+			r = <-w.ch // the reply won the race; it is on its way
+		}
+	case <-ctx.Done():
+		if w.abandon(seq) {
+			r.err = ctx.Err()
+		} else {
+			r = <-w.ch
+		}
+	}
+	return r.val, r.err
 }
 
 // abandon ends call seq without a reply. It reports false if a reply won the
@@ -359,7 +382,9 @@ func (p *process) die(reason error) bool {
 	release(queued, 0, &rt.chunks)
 	rt.table.Remove(p.pid.ID)
 	for ref, target := range watching {
-		if t := rt.local(target); t != nil {
+		if _, remote, _ := rt.route(target); remote != nil {
+			remote.Demonitor(p.pid, ref, target)
+		} else if t := rt.local(target); t != nil {
 			t.removeWatcher(ref)
 		}
 	}
@@ -384,7 +409,9 @@ func (p *process) die(reason error) bool {
 		}
 	}
 	for l := range links {
-		if t := rt.local(l); t != nil {
+		if _, remote, _ := rt.route(l); remote != nil {
+			remote.LinkExit(p.pid, l, reason)
+		} else if t := rt.local(l); t != nil {
 			t.signal(p.pid, reason, sigLink)
 		}
 	}

@@ -41,6 +41,7 @@ type Runtime struct {
 	table       idtable.Table[process]
 	refs        atomic.Uint64
 	resolve     atomic.Pointer[Resolver]
+	remote      Remote
 	live        atomic.Int64 // processes not yet fully ended
 	roots       atomic.Int64 // of which spawned by the node
 	closed      atomic.Bool
@@ -290,31 +291,40 @@ func (rt *Runtime) Resolve(to Target) (PID, error) {
 	return PID{}, fmt.Errorf("%w: %w: %s", ErrNoProcess, ErrNoName, describe(n))
 }
 
-// route finds the local process for pid, or explains why there is none.
-func (rt *Runtime) route(pid PID) (*process, error) {
+// route finds where pid lives: a local process, or another node (the
+// Remote to reach it through), or explains why neither.
+func (rt *Runtime) route(pid PID) (*process, Remote, error) {
 	if pid.Node == rt.node {
 		if p := rt.table.Load(pid.ID); p != nil {
-			return p, nil
+			return p, nil, nil
 		}
-		return nil, fmt.Errorf("%v: %w", pid, ErrNoProcess)
+		return nil, nil, fmt.Errorf("%v: %w", pid, ErrNoProcess)
 	}
 	if pid.Node.Name == rt.node.Name {
 		// A process of this node's previous life.
-		return nil, fmt.Errorf("%v: %w", pid, ErrNoProcess)
+		return nil, nil, fmt.Errorf("%v: %w", pid, ErrNoProcess)
 	}
-	return nil, fmt.Errorf("%v: %w", pid, ErrNodeDown)
+	if rt.remote != nil && !pid.IsZero() {
+		return nil, rt.remote, nil
+	}
+	return nil, nil, fmt.Errorf("%v: %w", pid, ErrNodeDown)
 }
 
 // Send delivers msg to HandleInfo of the target, asynchronously. Delivery is
 // at most once; between one sender and one receiver, messages arrive in the
 // order they were sent. A nil error means the message was accepted, not that
-// it was handled; an error says the target is known not to exist.
-func (rt *Runtime) Send(to Target, msg any) error { return rt.send(to, msg, kindInfo) }
+// it was handled; an error says the target is known not to exist. To a
+// process of another node, it may wait for room in the send queue.
+func (rt *Runtime) Send(to Target, msg any) error {
+	return rt.send(context.Background(), PID{}, to, msg, kindInfo)
+}
 
 // Cast delivers msg to HandleCast of the target, asynchronously, as Send.
-func (rt *Runtime) Cast(to Target, msg any) error { return rt.send(to, msg, kindCast) }
+func (rt *Runtime) Cast(to Target, msg any) error {
+	return rt.send(context.Background(), PID{}, to, msg, kindCast)
+}
 
-func (rt *Runtime) send(to Target, msg any, k kind) error {
+func (rt *Runtime) send(ctx context.Context, from PID, to Target, msg any, k kind) error {
 	pid, ok := to.(PID)
 	if !ok {
 		var err error
@@ -322,9 +332,12 @@ func (rt *Runtime) send(to Target, msg any, k kind) error {
 			return err
 		}
 	}
-	p, err := rt.route(pid)
+	p, remote, err := rt.route(pid)
 	if err != nil {
 		return err
+	}
+	if remote != nil {
+		return remote.Send(ctx, from, pid, msg, k == kindCast)
 	}
 	if _, err := p.enqueue(envelope{msg: msg, kind: k}); err != nil {
 		return err
@@ -351,11 +364,22 @@ func (rt *Runtime) call(ctx context.Context, from *process, to Target, msg any) 
 			return nil, err
 		}
 	}
-	var w *waiter
-	owned := false
 	if from != nil && pid == from.pid {
 		return nil, fmt.Errorf("call %v: %w", pid, ErrCallSelf)
 	}
+	p, remote, err := rt.route(pid)
+	if err != nil {
+		return nil, err
+	}
+	if remote != nil {
+		var fromPID PID
+		if from != nil {
+			fromPID = from.pid
+		}
+		return remote.Call(ctx, fromPID, pid, msg)
+	}
+	var w *waiter
+	owned := false
 	// A process's calls use its own waiter; a call made through its
 	// Context from another goroutine, while that waiter is in use, gets a
 	// pooled one (which does not carry the caller's PID).
@@ -368,36 +392,17 @@ func (rt *Runtime) call(ctx context.Context, from *process, to Target, msg any) 
 	} else {
 		w = rt.waiters.Get().(*waiter)
 	}
-	p, err := rt.route(pid)
-	if err != nil {
-		return nil, err
-	}
 	seq := w.begin()
 	dead, err := p.enqueue(envelope{msg: msg, w: w, seq: seq, kind: kindCall})
 	if err != nil {
 		return nil, err
 	}
-	var r callResult
-	select {
-	case r = <-w.ch:
-	case <-dead:
-		if w.abandon(seq) {
-			r.err = &ExitError{PID: pid, Reason: p.exitReason()}
-		} else {
-			r = <-w.ch // the reply won the race; it is on its way
-		}
-	case <-ctx.Done():
-		if w.abandon(seq) {
-			r.err = ctx.Err()
-		} else {
-			r = <-w.ch
-		}
-	}
+	val, err := w.wait(ctx, seq, dead, p)
 	// ch is empty again and seq is done: w can serve the next call.
 	if !owned {
 		rt.waiters.Put(w)
 	}
-	return r.val, r.err
+	return val, err
 }
 
 // Exit sends an exit signal to pid, as if from a process `from` (zero for
@@ -408,9 +413,12 @@ func (rt *Runtime) call(ctx context.Context, from *process, to Target, msg any) 
 // spawned it, or the node, from=zero, for processes the node spawned): that
 // always stops it, as a gen_server's parent does.
 func (rt *Runtime) Exit(from, pid PID, reason error) error {
-	p, err := rt.route(pid)
+	p, remote, err := rt.route(pid)
 	if err != nil {
 		return err
+	}
+	if remote != nil {
+		return remote.Exit(from, pid, normalize(reason))
 	}
 	p.signal(from, normalize(reason), sigExit)
 	return nil
@@ -423,9 +431,9 @@ func (rt *Runtime) Exit(from, pid PID, reason error) error {
 // killed, and ErrNoProcess if there was no such process. When it returns,
 // whatever the process held (its names) has been released.
 func (rt *Runtime) StopProcess(ctx context.Context, from, pid PID, reason error, budget time.Duration) (exit error, err error) {
-	p, err := rt.route(pid)
-	if err != nil {
-		return nil, err
+	p := rt.local(pid)
+	if p == nil {
+		return nil, fmt.Errorf("stop %v: %w", pid, ErrNoProcess)
 	}
 	// Closed after the exit hooks have run, so the caller can reuse what the
 	// process held (its names) at once.
@@ -457,6 +465,30 @@ func (rt *Runtime) StopProcess(ctx context.Context, from, pid PID, reason error,
 // and never calls fn, if pid is not a live local process.
 func (rt *Runtime) MonitorFunc(pid PID, fn func(pid PID, reason error)) (Ref, bool) {
 	return rt.watchFunc(pid, fn, false)
+}
+
+// MonitorRemoteFunc is MonitorFunc for a process that may be on another
+// node: fn is called once when it exits or its node is lost (at once if it
+// does not exist). cancel stops the monitor.
+func (rt *Runtime) MonitorRemoteFunc(pid PID, fn func(pid PID, reason error)) (cancel func()) {
+	_, remote, err := rt.route(pid)
+	switch {
+	case err != nil:
+		reason := ErrNoProcess
+		if errors.Is(err, ErrNodeDown) {
+			reason = ErrNodeDown
+		}
+		fn(pid, reason)
+		return func() {}
+	case remote != nil:
+		return remote.MonitorFunc(pid, fn)
+	}
+	ref, ok := rt.MonitorFunc(pid, fn)
+	if !ok {
+		fn(pid, ErrNoProcess)
+		return func() {}
+	}
+	return func() { rt.DemonitorFunc(pid, ref) }
 }
 
 // ExitHook calls fn when pid exits, before anything else hears of the exit:
@@ -497,13 +529,17 @@ func (rt *Runtime) monitor(w *process, target PID) Ref {
 	}
 	w.watching[ref] = target
 	w.mu.Unlock()
-	p, err := rt.route(target)
+	p, remote, err := rt.route(target)
 	if err != nil {
 		reason := ErrNoProcess
 		if errors.Is(err, ErrNodeDown) {
 			reason = ErrNodeDown
 		}
 		rt.deliverDown(w.pid, ref, target, reason)
+		return ref
+	}
+	if remote != nil {
+		remote.Monitor(w.pid, ref, target)
 		return ref
 	}
 	if !p.addWatcher(ref, watcher{pid: w.pid}) {
@@ -526,7 +562,9 @@ func (rt *Runtime) demonitor(w *process, ref Ref) bool {
 	if !ok {
 		return false
 	}
-	if p := rt.local(target); p != nil {
+	if _, remote, _ := rt.route(target); remote != nil {
+		remote.Demonitor(w.pid, ref, target)
+	} else if p := rt.local(target); p != nil {
 		p.removeWatcher(ref)
 	}
 	return true
@@ -542,9 +580,12 @@ func (rt *Runtime) link(a *process, pid PID) error {
 	if pid == a.pid {
 		return nil
 	}
-	b, err := rt.route(pid)
+	b, remote, err := rt.route(pid)
 	if err != nil {
 		return err
+	}
+	if remote != nil {
+		return rt.linkRemote(a, pid, remote)
 	}
 	first, second := a, b
 	if b.pid.ID < a.pid.ID {
@@ -571,10 +612,39 @@ func (rt *Runtime) link(a *process, pid PID) error {
 	return nil
 }
 
+// linkRemote records the link on a's side first, so that an exit signal
+// through it that comes back at once is not mistaken for a stale one.
+func (rt *Runtime) linkRemote(a *process, pid PID, remote Remote) error {
+	a.mu.Lock()
+	if a.st == stDead {
+		a.mu.Unlock()
+		return fmt.Errorf("%v: %w", a.pid, ErrNoProcess)
+	}
+	if a.links == nil {
+		a.links = make(map[PID]struct{})
+	}
+	a.links[pid] = struct{}{}
+	a.mu.Unlock()
+	if err := remote.Link(a.pid, pid); err != nil {
+		a.mu.Lock()
+		delete(a.links, pid)
+		a.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
 func (rt *Runtime) unlink(a *process, pid PID) {
 	a.mu.Lock()
+	_, had := a.links[pid]
 	delete(a.links, pid)
 	a.mu.Unlock()
+	if _, remote, _ := rt.route(pid); remote != nil {
+		if had {
+			remote.Unlink(a.pid, pid)
+		}
+		return
+	}
 	if b := rt.local(pid); b != nil {
 		b.mu.Lock()
 		delete(b.links, a.pid)
