@@ -105,9 +105,17 @@ func (c *Cluster) Attach(tr *transport.Transport) {
 		defer c.wg.Done()
 		for batch := range c.sub.C() {
 			for _, ch := range batch {
-				if ch.Member.Status.Ended() && ch.Member.ID != c.rt.Node() {
-					c.peerDown(ch.Member.ID, proc.ErrNodeDown)
-					c.tr.Forget(ch.Member.ID)
+				id := ch.Member.ID
+				switch {
+				case id == c.rt.Node():
+				case ch.Member.Status.Ended():
+					c.peerDown(id, proc.ErrNodeDown)
+					c.tr.Forget(id)
+				case ch.Member.Status == membership.Alive && (ch.From == membership.None || ch.From == membership.Dead):
+					// A session with every live member, as Erlang's mesh:
+					// a killed peer is seen the moment its connection
+					// breaks, not when the failure detector gets to it.
+					_ = c.tr.Connect(transport.Peer{ID: id, Addr: ch.Member.Addr})
 				}
 			}
 		}

@@ -33,6 +33,7 @@ type peer struct {
 	inEpoch uint64
 	forgot  bool
 	started bool
+	want    bool // keep a session open even with nothing to send (see Connect)
 }
 
 func newPeer(t *Transport, id proc.NodeID) *peer {
@@ -108,7 +109,7 @@ func (p *peer) run() {
 		}
 		for {
 			p.mu.Lock()
-			if p.forgot || len(p.pending) == 0 {
+			if p.forgot || (len(p.pending) == 0 && (!p.want || p.out != nil)) {
 				p.mu.Unlock()
 				break
 			}
@@ -126,7 +127,7 @@ func (p *peer) run() {
 				backoff = p.t.cfg.BackoffMin
 			}
 			p.mu.Lock()
-			if p.out != conn { // lost while we were away
+			if p.out != conn || len(p.pending) == 0 { // lost while we were away, or only connecting
 				p.mu.Unlock()
 				continue
 			}
@@ -236,10 +237,11 @@ func (p *peer) dial() (net.Conn, error) {
 	}
 	if ack.Node != p.id {
 		err := fmt.Errorf("%w: %s answered as %v, not %v", ErrWrongNode, addr, ack.Node, p.id)
+		_, err = fail(err)
 		if ack.Node.Name == p.id.Name {
 			t.cfg.Handler.Unreachable(p.id, err) // the node restarted: this life is gone
 		}
-		return fail(err)
+		return nil, err
 	}
 	_ = raw.SetDeadline(time.Time{})
 	p.mu.Lock()
@@ -278,10 +280,19 @@ func (p *peer) outboundLost(conn net.Conn, err error) {
 	p.pending = p.pending[:0]
 	close(p.space)
 	p.space = make(chan struct{})
+	redial := p.want
 	p.mu.Unlock()
 	conn.Close()
 	p.t.untrack(rawOf(conn))
 	p.sessionDown(err)
+	if redial {
+		// Try again at once: a refused dial tells the layer above the peer
+		// is gone (Unreachable); a live peer just gets a new session.
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func rawOf(c net.Conn) net.Conn {

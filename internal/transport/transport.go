@@ -267,6 +267,34 @@ func (t *Transport) send(ctx context.Context, to Peer, typ FrameType, id uint64,
 	return p.enqueue(ctx, typ, id, payload)
 }
 
+// Connect keeps a session open with peer even while nothing is sent, and
+// reopens it at once when it is lost, so that the loss of a peer is seen
+// when its connection breaks, and a refused reconnection is reported as
+// Unreachable. The layer above connects to every live member; Forget stops.
+func (t *Transport) Connect(to Peer) error {
+	p, err := t.peer(to.ID, to.Addr)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	if p.forgot {
+		p.mu.Unlock()
+		return fmt.Errorf("%w: %v", ErrPeerGone, to.ID)
+	}
+	p.want = true
+	if !p.started {
+		p.started = true
+		t.wg.Add(1)
+		go p.run()
+	}
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
 // Request sends payload to peer and waits for its response, ctx's end, or
 // the session's loss (ErrSessionLost).
 func (t *Transport) Request(ctx context.Context, to Peer, payload []byte) ([]byte, error) {
