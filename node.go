@@ -60,7 +60,7 @@ type Config struct {
 	DNSPort int
 	DNSSRV  string
 	// Profile names the failure-detection timings: "lan" (default, about
-	// 2-3 s to declare a silent failure) or "local" (tests, about 0.5 s).
+	// 2-2.5 s to declare a silent failure) or "local" (tests, about 0.5 s).
 	// A killed node is usually declared dead much faster, when its
 	// connections are refused.
 	Profile string

@@ -344,6 +344,11 @@ func Eventually(t testing.TB, cond func() bool, timeout time.Duration, what stri
 	}
 }
 
+// Close stops every running node now (gracefully, each within 5 s). The
+// cluster is closed at the end of the test anyway; Close is for tests and
+// benchmarks that build many clusters.
+func (c *Cluster) Close() { c.closeAll() }
+
 func (c *Cluster) closeAll() {
 	var wg sync.WaitGroup
 	for i := range c.slot {

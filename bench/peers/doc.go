@@ -8,5 +8,6 @@
 // the _test.go files.
 //
 // Peers currently covered:
-//   - Proto.Actor Go (github.com/asynkron/protoactor-go), see protoactor_test.go.
+//   - Proto.Actor Go (github.com/asynkron/protoactor-go), see protoactor_test.go
+//     and, for its gRPC remote, remote_test.go.
 package peers

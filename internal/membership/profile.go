@@ -24,8 +24,9 @@ type Profile string
 
 const (
 	// LAN is the default, for hosts on one network: a silent failure is
-	// declared in about 2–3 s (0.5 s probes, suspicion 3 intervals).
-	// Built from memberlist's DefaultLANConfig with shorter intervals.
+	// declared in about 2–2.5 s (0.4 s probes, a fixed suspicion of 3
+	// intervals, so the worst case is bounded). Built from memberlist's
+	// DefaultLANConfig with shorter intervals.
 	LAN Profile = "lan"
 	// Local is for tests on one machine: about 0.5 s to declare a silent
 	// failure. It keeps LAN's retransmits and indirect checks (not
@@ -71,8 +72,8 @@ func (p Profile) Timings() (Timings, error) {
 	switch p {
 	case LAN, "":
 		return Timings{
-			ProbeInterval: 500 * time.Millisecond, ProbeTimeout: 300 * time.Millisecond, IndirectChecks: 3,
-			SuspicionMult: 3, SuspicionMaxTimeoutMult: 2,
+			ProbeInterval: 400 * time.Millisecond, ProbeTimeout: 250 * time.Millisecond, IndirectChecks: 3,
+			SuspicionMult: 3, SuspicionMaxTimeoutMult: 1,
 			GossipInterval: 100 * time.Millisecond, GossipNodes: 3, GossipToTheDeadTime: 15 * time.Second,
 			PushPullInterval: 15 * time.Second, TCPTimeout: 5 * time.Second, RetransmitMult: 4,
 		}, nil
