@@ -1,10 +1,8 @@
 package peers
 
 import (
-	"reflect"
 	"runtime"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -74,6 +72,7 @@ type remoteNode struct {
 type remotePair struct {
 	a, b           remoteNode
 	baseGoroutines int // runtime.NumGoroutine() before either node was created
+	idleGoroutines int // runtime.NumGoroutine() with both remotes started but not connected
 }
 
 // newRemoteNode creates an actor system (with logging discarded, see
@@ -100,6 +99,7 @@ func newRemotePair(b *testing.B) *remotePair {
 	p := &remotePair{baseGoroutines: runtime.NumGoroutine()}
 	p.a = newRemoteNode(b)
 	p.b = newRemoteNode(b)
+	p.idleGoroutines = runtime.NumGoroutine()
 	return p
 }
 
@@ -131,6 +131,17 @@ func (p *remotePair) warmUp(b *testing.B, pid *actor.PID) {
 // shutdown stops the timer, stops the given actors on b, shuts down both
 // remotes and both systems, and waits until every process and goroutine
 // created for the pair is gone, so that the next benchmark starts clean.
+//
+// The order matters. Remote.Shutdown(true) is racy if a connection to or
+// from the node is still going away while it runs: it tells each peer whose
+// stream it still has registered to disconnect by sending on a channel that
+// the stream's handler closes when the stream ends (before another goroutine
+// unregisters it), which panics with "send on closed channel"; and it sets
+// its endpoint map to nil while a writer whose connection just dropped may
+// still deliver an EndpointTerminatedEvent to it, which panics with a nil
+// dereference. Both were seen here when shutting the second node down right
+// after the first. So the nodes are disconnected first, and shut down only
+// once every goroutine the connections created has finished.
 func (p *remotePair) shutdown(b *testing.B, pidsOnB ...*actor.PID) {
 	b.Helper()
 	b.StopTimer()
@@ -139,20 +150,16 @@ func (p *remotePair) shutdown(b *testing.B, pidsOnB ...*actor.PID) {
 			b.Fatalf("protoactor: stopping %v: %v", pid, err)
 		}
 	}
-	// A graceful shutdown stops the endpoint actors (closing the gRPC client
-	// connections), tells the peers connected to this node's server to
-	// disconnect, and gracefully stops the gRPC server.
+	// EndpointTerminatedEvent is what Proto.Actor publishes itself when a
+	// connection is lost: the endpoint manager stops the endpoint's writer
+	// (closing its gRPC client connection, which ends the peer's inbound
+	// stream) and watcher.
+	p.a.EventStream.Publish(&remote.EndpointTerminatedEvent{Address: p.b.Address()})
+	p.b.EventStream.Publish(&remote.EndpointTerminatedEvent{Address: p.a.Address()})
+	waitGoroutines(b, p.idleGoroutines, 30*time.Second)
+	// With no connections left, a graceful shutdown only stops the endpoint
+	// manager's actors and the gRPC server.
 	p.a.remote.Shutdown(true)
-	// Shutting down a closes a's connection to b, which ends b's inbound
-	// stream from a. Until b has removed that stream from its endpoint
-	// manager, b's Shutdown would panic ("send on closed channel"), so wait.
-	deadline := time.Now().Add(30 * time.Second)
-	for inboundStreams(p.b.remote) > 0 {
-		if time.Now().After(deadline) {
-			b.Fatalf("protoactor: b still has %d inbound streams 30s after a's shutdown", inboundStreams(p.b.remote))
-		}
-		time.Sleep(time.Millisecond)
-	}
 	p.b.remote.Shutdown(true)
 	for _, n := range []remoteNode{p.a, p.b} {
 		n.Shutdown()
@@ -165,25 +172,6 @@ func (p *remotePair) shutdown(b *testing.B, pidsOnB ...*actor.PID) {
 		}
 	}
 	waitGoroutines(b, p.baseGoroutines, 30*time.Second)
-}
-
-// inboundStreams is the number of gRPC streams from peers that r's endpoint
-// manager has registered (its unexported endpointReaderConnections).
-//
-// Remote.Shutdown(true) sends on a channel per registered stream to tell that
-// peer to disconnect, but a stream that has already ended closes its channel
-// before a separate goroutine removes it from the map. Shutdown in that window
-// panics with "send on closed channel" (seen in practice in the second node's
-// teardown). Proto.Actor offers no public way to observe the condition, hence
-// reflection into the pinned version's internals: remote.Remote.edpManager
-// (*endpointManager) .endpointReaderConnections (*sync.Map).
-func inboundStreams(r *remote.Remote) int {
-	em := reflect.ValueOf(r).Elem().FieldByName("edpManager")
-	conns := em.Elem().FieldByName("endpointReaderConnections")
-	m := (*sync.Map)(conns.UnsafePointer())
-	n := 0
-	m.Range(func(any, any) bool { n++; return true })
-	return n
 }
 
 // BenchmarkRemoteSend is one-way messages from a to a counting actor on b,
