@@ -41,8 +41,14 @@ func (s *rsink) HandleInfo(_ *herd.Context, msg any) {
 
 // BenchmarkRemoteSend is one-way messages from one node to a process on
 // another, over mutual TLS on loopback, counted when handled.
-func BenchmarkRemoteSend(b *testing.B) {
-	c := herdtest.NewCluster(b, 2, herdtest.WithSetup(benchSetup))
+func BenchmarkRemoteSend(b *testing.B) { remoteSend(b) }
+
+// BenchmarkRemoteSendPlain is BenchmarkRemoteSend over plain TCP, as
+// Proto.Actor's remote runs by default.
+func BenchmarkRemoteSendPlain(b *testing.B) { remoteSend(b, herdtest.WithoutTLS()) }
+
+func remoteSend(b *testing.B, opts ...herdtest.Option) {
+	c := herdtest.NewCluster(b, 2, append(opts, herdtest.WithSetup(benchSetup))...)
 	s := &rsink{target: b.N, done: make(chan struct{})}
 	pid, err := c.Node(1).SpawnProcess(context.Background(), s, nil)
 	if err != nil {
@@ -62,9 +68,15 @@ func BenchmarkRemoteSend(b *testing.B) {
 }
 
 // BenchmarkRemoteCall is sequential request/response calls from one node
-// to a process on another; it reports the latency percentiles.
-func BenchmarkRemoteCall(b *testing.B) {
-	c := herdtest.NewCluster(b, 2, herdtest.WithSetup(benchSetup))
+// to a process on another, over mutual TLS; it reports the latency
+// percentiles.
+func BenchmarkRemoteCall(b *testing.B) { remoteCall(b) }
+
+// BenchmarkRemoteCallPlain is BenchmarkRemoteCall over plain TCP.
+func BenchmarkRemoteCallPlain(b *testing.B) { remoteCall(b, herdtest.WithoutTLS()) }
+
+func remoteCall(b *testing.B, opts ...herdtest.Option) {
+	c := herdtest.NewCluster(b, 2, append(opts, herdtest.WithSetup(benchSetup))...)
 	ctx := context.Background()
 	pid, err := c.Node(1).SpawnProcess(ctx, echoPing{}, nil)
 	if err != nil {

@@ -4,6 +4,11 @@
 # on a shared machine falls on both alike.
 #
 #   bench/run.sh [count]      (default 10; results in bench/results/)
+#
+# The membership timings (kill to dead, ten nodes joining) build a cluster
+# per iteration and take minutes; they run on their own:
+#
+#   go test -run='^$' -bench='KillToDead|JoinTogether' -benchtime=10x .
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-10}
@@ -13,12 +18,12 @@ mkdir -p "$out"
 : > "$out/peers.txt"
 : > "$out/herd-only.txt"
 benchstat="go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da"
-names='^Benchmark(Spawn|Send1to1|SendNto1|CallRoundTrip|IdleMemory)$'
+names='^Benchmark(Spawn|Send1to1|SendNto1|CallRoundTrip|IdleMemory|RemoteSend|RemoteCall)$'
 for i in $(seq "$count"); do
   echo "run $i/$count" >&2
   go test -run='^$' -bench="$names" -benchmem -count=1 . >> "$out/herd.txt"
   go test -C bench/peers -run='^$' -bench="$names" -benchmem -count=1 . >> "$out/peers.txt"
-  go test -run='^$' -bench='^Benchmark(Lookup|RegisterUnregister|CallBetweenProcesses|FanOut|Encode|Decode)' -benchmem -count=1 ./internal/registry/ ./internal/codec/ . >> "$out/herd-only.txt"
+  go test -run='^$' -bench='^Benchmark(Lookup|RegisterUnregister|CallBetweenProcesses|FanOut|Encode|Decode|RemoteSendPlain|RemoteCallPlain|SendThroughput)' -benchmem -count=1 ./internal/registry/ ./internal/codec/ ./internal/transport/ . >> "$out/herd-only.txt"
 done
 {
   echo "## herd vs Proto.Actor (same machine, interleaved runs, count=$count)"
