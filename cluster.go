@@ -185,6 +185,7 @@ func (n *Node) startCluster(ctx context.Context, cfg *Config, opts []StartOption
 	rc.Attach(tr)
 	n.rt.SetRemote(rc)
 	n.cl = &cluster{mem: mem, tr: tr, remote: rc}
+	tr.Start() // only now: what arrives finds everything wired
 	return nil
 }
 

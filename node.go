@@ -169,9 +169,21 @@ func (n *Node) Stop(ctx context.Context) error {
 			n.log.Warn("node stopped; processes that would not stop were killed", "err", n.stopErr)
 		}
 		if n.cl != nil {
-			if err := n.cl.mem.Leave(ctx); err != nil {
+			// What the processes sent as they stopped (Downs, link exits,
+			// replies) goes out before the node leaves; then the others see
+			// it leaving, then left. Each step is bounded even if the
+			// processes used up the deadline.
+			flush, cancel := context.WithTimeout(context.Background(), time.Second)
+			n.cl.tr.Flush(flush)
+			cancel()
+			leave, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			if d, ok := ctx.Deadline(); ok && time.Until(d) > 2*time.Second {
+				leave, cancel = context.WithDeadline(context.Background(), d)
+			}
+			if err := n.cl.mem.Leave(leave); err != nil {
 				n.log.Warn("leaving the cluster", "err", err)
 			}
+			cancel()
 			n.cl.tr.Close()
 			n.cl.remote.Close()
 		}

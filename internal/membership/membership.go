@@ -305,13 +305,13 @@ func (m *Membership) Subscribe() *Subscription {
 func (m *Membership) Confirm(id proc.NodeID, cause string) {
 	m.mu.Lock()
 	mem, ok := m.table.Member(id)
-	if !ok || mem.Status.Ended() || m.pinging[id] || id == m.cfg.Self {
+	if !ok || mem.Status.Ended() || m.pinging[id] || id == m.cfg.Self || m.stopped.Load() {
 		m.mu.Unlock()
 		return
 	}
 	m.pinging[id] = true
+	m.wg.Add(1) // under m.mu, which stop takes before waiting: no Add after Wait
 	m.mu.Unlock()
-	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		defer func() {
@@ -319,16 +319,26 @@ func (m *Membership) Confirm(id proc.NodeID, cause string) {
 			delete(m.pinging, id)
 			m.mu.Unlock()
 		}()
-		addr, err := net.ResolveUDPAddr("udp", mem.GossipAddr)
-		if err == nil {
-			_, err = m.ml.Ping(id.String(), addr)
+		// Two probes, so one lost packet does not condemn a live node.
+		for range 2 {
+			if m.probe(id, mem.GossipAddr) {
+				m.log.Debug("membership: peer answers a probe despite lost connections", "peer", id.String(), "cause", cause)
+				return
+			}
 		}
-		if err == nil {
-			m.log.Debug("membership: peer answers a probe despite lost connections", "peer", id.String(), "cause", cause)
-			return
-		}
-		m.push(Event{Kind: EvDead, Member: Member{ID: id}, Cause: cause + "; no answer to a direct probe"})
+		m.push(Event{Kind: EvDead, Member: Member{ID: id}, Cause: cause + "; no answer to direct probes"})
 	}()
+}
+
+// probe sends a direct probe to a member and reports whether it answered
+// within the profile's probe timeout.
+func (m *Membership) probe(id proc.NodeID, gossipAddr string) bool {
+	addr, err := net.ResolveUDPAddr("udp", gossipAddr)
+	if err != nil {
+		return false
+	}
+	_, err = m.ml.Ping(id.String(), addr)
+	return err == nil
 }
 
 // Leave announces this node is leaving, waits up to ctx for the
@@ -340,7 +350,8 @@ func (m *Membership) Leave(ctx context.Context) error {
 	}
 	timeout := 5 * time.Second
 	if d, ok := ctx.Deadline(); ok {
-		timeout = time.Until(d) / 2
+		// memberlist waits without limit for a timeout of zero or less.
+		timeout = max(time.Until(d)/2, 100*time.Millisecond)
 	}
 	m.leaving.Store(true)
 	if err := m.ml.UpdateNode(timeout); err != nil {
@@ -359,9 +370,12 @@ func (m *Membership) Shutdown() error {
 }
 
 func (m *Membership) stop() {
+	m.mu.Lock()
 	if !m.stopped.CompareAndSwap(false, true) {
+		m.mu.Unlock()
 		return
 	}
+	m.mu.Unlock()
 	close(m.done)
 	_ = m.ml.Shutdown()
 	m.wg.Wait()
@@ -447,8 +461,15 @@ func (m *Membership) reconnect() {
 		m.mu.Unlock()
 		var addrs []string
 		for _, d := range dead {
-			if d.GossipAddr != "" {
-				addrs = append(addrs, d.GossipAddr)
+			if d.GossipAddr == "" {
+				continue
+			}
+			addrs = append(addrs, d.GossipAddr)
+			// A member declared dead here that answers a direct probe is
+			// alive: memberlist may never have thought otherwise (the fast
+			// path decided alone), and would then send no news of it.
+			if m.probe(d.ID, d.GossipAddr) {
+				m.push(Event{Kind: EvAlive, Member: d, Cause: "answers probes again"})
 			}
 		}
 		if len(addrs) > 0 {

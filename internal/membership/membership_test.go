@@ -181,7 +181,7 @@ func TestConfirmDeclaresAKilledPeerDead(t *testing.T) {
 			continue
 		}
 		took := time.Since(start)
-		if took > time.Second || !strings.Contains(dead.Cause, "no answer to a direct probe") {
+		if took > time.Second || !strings.Contains(dead.Cause, "no answer to direct probes") {
 			t.Fatalf("n2 declared dead after %v, cause %q", took, dead.Cause)
 		}
 		return
@@ -199,6 +199,23 @@ func TestConfirmLeavesAnAlivePeerAlive(t *testing.T) {
 	if m, _ := n1.Member(n2.Self()); m.Status != Alive {
 		t.Fatalf("an answering peer became %v", m.Status)
 	}
+}
+
+// A live peer wrongly confirmed dead (its probes were lost) is found alive
+// again once it answers.
+func TestAWrongConfirmIsUndone(t *testing.T) {
+	fn := faultnet.New()
+	n1 := startFaulty(t, fn, "n1")
+	n2 := startFaulty(t, fn, "n2", n1.GossipAddr())
+	Eventually(t, "joined", seeing(n1, aliveAll("n1", "n2")))
+	fn.Partition([]string{"n1"}, []string{"n2"})
+	n1.Confirm(n2.Self(), "connection refused (test)")
+	Eventually(t, "n2 declared dead", func() bool {
+		m, _ := n1.Member(n2.Self())
+		return m.Status == Dead
+	})
+	fn.Heal()
+	Eventually(t, "n2 alive again", seeing(n1, aliveAll("n1", "n2")))
 }
 
 func startFaulty(t *testing.T, fn *faultnet.Net, name string, seeds ...string) *tnode {

@@ -129,8 +129,9 @@ func (t *Table) Apply(ev Event, now time.Time) []Change {
 	if upTo, ok := t.finalUpTo[id.Name]; ok && id.Incarnation <= upTo && e == nil {
 		return nil // a final life, since pruned
 	}
-	if ev.Kind != EvDead && ev.Kind != EvLeft {
-		// A later life of the name ends every earlier one for good.
+	if ev.Kind != EvDead && ev.Kind != EvLeft || id.Incarnation > t.latest[id.Name] {
+		// A later life of the name, alive or not, ends every earlier one
+		// for good.
 		for oid, other := range t.members {
 			if oid.Name == id.Name && oid.Incarnation < id.Incarnation && !other.final {
 				if other.m.Status.Ended() {

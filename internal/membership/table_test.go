@@ -74,6 +74,20 @@ func TestRestartEndsThePreviousLife(t *testing.T) {
 	}
 }
 
+// The death of a later life, heard before anything else of it, still ends
+// the earlier life.
+func TestLaterLifesDeathSupersedes(t *testing.T) {
+	tab := NewTable(proc.NodeID{Name: "self", Incarnation: 1})
+	tab.Apply(Event{Kind: EvAlive, Member: life("n", 1)}, t0)
+	got := tab.Apply(Event{Kind: EvDead, Member: life("n", 2)}, t0)
+	if statuses(got) != "[n@1 alive>dead]" {
+		t.Fatalf("a later life's death: %s", statuses(got))
+	}
+	if got := tab.Apply(Event{Kind: EvAlive, Member: life("n", 1)}, t0); len(got) != 0 {
+		t.Fatalf("the superseded life came back: %s", statuses(got))
+	}
+}
+
 // A node cut off by a partition is declared dead, then comes back as the
 // same life when the partition heals.
 func TestDeadComesBackAfterAPartition(t *testing.T) {

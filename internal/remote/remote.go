@@ -380,8 +380,22 @@ func (c *Cluster) Unlink(local, target proc.PID) {
 // LinkExit implements proc.Remote.
 func (c *Cluster) LinkExit(local, target proc.PID, reason error) {
 	if c.dropLink(target.Node, linkKey{local, target}) {
-		_ = c.sendCtl(target.Node, opLinkExit, &ctl{From: local, To: target, Reason: c.errs.encode(reason, 0)})
+		c.sendMustArrive(target.Node, opLinkExit, &ctl{From: local, To: target, Reason: c.errs.encode(reason, 0)})
 	}
+}
+
+// sendMustArrive sends a frame the peer holds state for (a Down, a link's
+// exit) over the session with it, whatever this node's view of the peer:
+// if it cannot be queued in bounded time the session is reset, so the peer
+// fires its side with ErrNodeDown instead of waiting forever. A peer this
+// node has forgotten already lost its session here, and with it that state.
+func (c *Cluster) sendMustArrive(to proc.NodeID, o op, m *ctl) {
+	frame, err := encodeCtl(o, m)
+	if err != nil {
+		c.log.Error("remote: encode", "op", o, "err", err)
+		return
+	}
+	c.tr.SendOrReset(to, frame)
 }
 
 // peerDown ends everything that crossed to node: each monitor held here on
@@ -459,7 +473,7 @@ func (c *Cluster) Message(from proc.NodeID, payload []byte) {
 		}
 	case opLink:
 		if err := c.rt.LinkFromRemote(m.To, m.From); err != nil {
-			_ = c.sendCtl(from, opLinkExit, &ctl{From: m.To, To: m.From, Reason: c.errs.encode(proc.ErrNoProcess, 0)})
+			c.sendMustArrive(from, opLinkExit, &ctl{From: m.To, To: m.From, Reason: c.errs.encode(proc.ErrNoProcess, 0)})
 			return
 		}
 		c.mu.Lock()
@@ -504,7 +518,7 @@ func (c *Cluster) watch(from proc.NodeID, m *ctl) {
 	key := monKey{watcher: m.From, ref: m.Ref}
 	target := m.To
 	down := func(reason error) {
-		_ = c.sendCtl(from, opDown, &ctl{From: target, To: key.watcher, Ref: key.ref, Reason: c.errs.encode(reason, 0)})
+		c.sendMustArrive(from, opDown, &ctl{From: target, To: key.watcher, Ref: key.ref, Reason: c.errs.encode(reason, 0)})
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

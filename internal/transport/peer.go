@@ -8,16 +8,19 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/herdkit/herd/internal/proc"
 )
 
-// peer is what the transport keeps for one node life: the frames waiting for
-// it, the outbound connection this node dialed (frames go only that way, so
-// one sender's frames to one peer stay in order), and the inbound
-// connection the peer dialed.
+// peer is what the transport keeps for one node life. A session with it is
+// a pair of connections: the outbound one this node dialed (frames go only
+// that way, so one sender's frames stay in order) and the inbound one the
+// peer dialed. Losing either loses the session: both are closed, the loss is
+// reported once, after the inbound reader has stopped handing out frames,
+// and only then is the peer redialled.
 type peer struct {
 	t  *Transport
 	id proc.NodeID
@@ -25,15 +28,25 @@ type peer struct {
 	mu      sync.Mutex
 	addr    string
 	pending []byte        // encoded frames waiting for the writer
-	space   chan struct{} // closed when pending is taken: senders may retry
-	wake    chan struct{} // capacity 1: there is something to write
+	space   chan struct{} // closed when pending is taken or dropped: senders may retry
+	wake    chan struct{} // capacity 1: the writer has something to do
 	gone    chan struct{} // closed by forget
-	out     net.Conn      // the outbound connection (raw), nil while down
-	in      net.Conn      // the inbound connection (raw)
-	inEpoch uint64
+	out     net.Conn      // the outbound connection, nil while there is none
+	in      *inbound      // the inbound connection, nil while there is none
 	forgot  bool
 	started bool
 	want    bool // keep a session open even with nothing to send (see Connect)
+	busy    bool // the writer is writing a batch (for Flush)
+
+	// cur is the inbound connection whose frames are dispatched; a reader
+	// whose connection is no longer current stops at the next frame.
+	cur atomic.Pointer[inbound]
+}
+
+// inbound is a connection the peer dialed, and the end of its reader.
+type inbound struct {
+	conn net.Conn
+	done chan struct{} // closed when its reader hands out no more frames
 }
 
 func newPeer(t *Transport, id proc.NodeID) *peer {
@@ -51,6 +64,20 @@ func (p *peer) setAddr(addr string) {
 	p.mu.Unlock()
 }
 
+// kick starts the writer if it is not running and wakes it. Called with
+// p.mu held.
+func (p *peer) kick() {
+	if !p.started {
+		p.started = true
+		p.t.wg.Add(1)
+		go p.run()
+	}
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
 // enqueue appends a frame to the pending buffer, waiting for room if the
 // queue is full, and wakes the writer.
 func (p *peer) enqueue(ctx context.Context, typ FrameType, id uint64, payload []byte) error {
@@ -63,16 +90,8 @@ func (p *peer) enqueue(ctx context.Context, typ FrameType, id uint64, payload []
 		}
 		if len(p.pending) == 0 || len(p.pending)+size <= p.t.cfg.QueueBytes {
 			p.pending = AppendFrame(p.pending, typ, id, payload)
-			if !p.started {
-				p.started = true
-				p.t.wg.Add(1)
-				go p.run()
-			}
+			p.kick()
 			p.mu.Unlock()
-			select {
-			case p.wake <- struct{}{}:
-			default:
-			}
 			return nil
 		}
 		space := p.space
@@ -92,8 +111,9 @@ func (p *peer) enqueue(ctx context.Context, typ FrameType, id uint64, payload []
 	}
 }
 
-// run is the peer's writer: it dials when there is something to send, and
-// writes whatever has queued since the last write in one go.
+// run is the peer's writer: it dials when there is something to send or a
+// session is wanted, and writes whatever has queued since the last write
+// in one go.
 func (p *peer) run() {
 	defer p.t.wg.Done()
 	var buf []byte
@@ -104,7 +124,6 @@ func (p *peer) run() {
 		case <-p.gone:
 			return
 		case <-p.t.done:
-			p.closeConns()
 			return
 		}
 		for {
@@ -134,11 +153,15 @@ func (p *peer) run() {
 			buf, p.pending = p.pending, buf[:0]
 			close(p.space)
 			p.space = make(chan struct{})
+			p.busy = true
 			p.mu.Unlock()
 			n, err := conn.Write(buf)
+			p.mu.Lock()
+			p.busy = false
+			p.mu.Unlock()
 			p.t.bytesSent.Add(uint64(n))
 			if err != nil {
-				p.outboundLost(conn, fmt.Errorf("write: %w", err))
+				p.lose(conn, fmt.Errorf("write: %w", err))
 				continue
 			}
 			p.t.framesSent.Add(uint64(countFrames(buf)))
@@ -195,10 +218,10 @@ func (p *peer) dial() (net.Conn, error) {
 	}()
 	raw, err := t.cfg.Dial(ctx, addr)
 	if err != nil {
+		t.log.Debug("transport: dial failed", "peer", p.id.String(), "addr", addr, "err", err)
 		if errors.Is(err, syscall.ECONNREFUSED) {
 			t.cfg.Handler.Unreachable(p.id, err)
 		}
-		t.log.Debug("transport: dial failed", "peer", p.id.String(), "addr", addr, "err", err)
 		return nil, err
 	}
 	if !t.track(raw) {
@@ -263,36 +286,9 @@ func (p *peer) dial() (net.Conn, error) {
 		if err == nil {
 			err = fmt.Errorf("%w: data on an outbound connection", errUnexpectedFrame)
 		}
-		p.outboundLost(conn, err)
+		p.lose(conn, err)
 	}()
 	return conn, nil
-}
-
-// outboundLost ends the session that conn carried: waiting frames are
-// dropped, requests fail, the handler is told.
-func (p *peer) outboundLost(conn net.Conn, err error) {
-	p.mu.Lock()
-	if p.out != conn {
-		p.mu.Unlock()
-		return
-	}
-	p.out = nil
-	p.pending = p.pending[:0]
-	close(p.space)
-	p.space = make(chan struct{})
-	redial := p.want
-	p.mu.Unlock()
-	conn.Close()
-	p.t.untrack(rawOf(conn))
-	p.sessionDown(err)
-	if redial {
-		// Try again at once: a refused dial tells the layer above the peer
-		// is gone (Unreachable); a live peer just gets a new session.
-		select {
-		case p.wake <- struct{}{}:
-		default:
-		}
-	}
 }
 
 func rawOf(c net.Conn) net.Conn {
@@ -302,44 +298,66 @@ func rawOf(c net.Conn) net.Conn {
 	return c
 }
 
-func (p *peer) sessionDown(err error) {
-	if p.t.closed.Load() {
+// lose ends the current session if conn belongs to it (a stale connection
+// changes nothing): both connections close, waiting frames are dropped,
+// requests fail, the handler is told once (after the inbound reader has
+// stopped), and the peer is redialled if a session is wanted.
+func (p *peer) lose(conn net.Conn, err error) {
+	p.mu.Lock()
+	if conn == nil || (conn != p.out && (p.in == nil || conn != p.in.conn)) {
+		p.mu.Unlock()
 		return
 	}
-	p.t.failRequests(p.id, fmt.Errorf("%w with %v: %v", ErrSessionLost, p.id, err))
-	p.t.cfg.Handler.SessionDown(p.id, err)
+	out, in := p.out, p.in
+	p.out, p.in = nil, nil
+	p.cur.Store(nil)
+	p.pending = p.pending[:0]
+	close(p.space)
+	p.space = make(chan struct{})
+	redial := p.want && !p.forgot
+	p.mu.Unlock()
+	if out != nil {
+		out.Close()
+		p.t.untrack(rawOf(out))
+	}
+	if in != nil {
+		in.conn.Close()
+		<-in.done // its frames are handed out before the loss is reported
+	}
+	if !p.t.closed.Load() {
+		p.t.failRequests(p.id, fmt.Errorf("%w with %v: %v", ErrSessionLost, p.id, err))
+		p.t.cfg.Handler.SessionDown(p.id, err)
+	}
+	if redial {
+		p.mu.Lock()
+		p.kick()
+		p.mu.Unlock()
+	}
 }
 
-// attachInbound records the connection the peer dialed. A new one, or a
-// new session number, means the peer's side of the session was reset.
-func (p *peer) attachInbound(conn net.Conn, epoch uint64) {
+// attachInbound makes conn the session's inbound connection. A peer that
+// dials again while a session stands has reset its side: that session is
+// lost first.
+func (p *peer) attachInbound(in *inbound) {
 	p.mu.Lock()
-	old, oldEpoch := p.in, p.inEpoch
-	p.in, p.inEpoch = conn, epoch
+	old := p.in
 	p.mu.Unlock()
 	if old != nil {
-		old.Close()
+		p.lose(old.conn, errors.New("the peer opened a new session"))
 	}
-	if old != nil || (oldEpoch != 0 && oldEpoch != epoch) {
-		p.sessionDown(errors.New("the peer opened a new session"))
-	}
-}
-
-// inboundLost handles the end of the connection the peer dialed.
-func (p *peer) inboundLost(conn net.Conn, err error) {
 	p.mu.Lock()
-	current := p.in == conn
-	if current {
-		p.in = nil
+	if p.forgot {
+		p.mu.Unlock()
+		in.conn.Close()
+		return
 	}
+	p.in = in
+	p.cur.Store(in)
 	p.mu.Unlock()
-	if current {
-		p.sessionDown(fmt.Errorf("inbound connection ended: %v", err))
-	}
 }
 
 // forget stops the peer: its writer ends, its connections close, waiting
-// senders fail.
+// senders fail. Nothing is reported: the layer above asked for it.
 func (p *peer) forget() {
 	p.mu.Lock()
 	if p.forgot {
@@ -349,19 +367,22 @@ func (p *peer) forget() {
 	p.forgot = true
 	p.pending = nil
 	close(p.gone)
-	p.mu.Unlock()
-	p.closeConns()
-}
-
-func (p *peer) closeConns() {
-	p.mu.Lock()
 	out, in := p.out, p.in
 	p.out, p.in = nil, nil
+	p.cur.Store(nil)
 	p.mu.Unlock()
 	if out != nil {
 		out.Close()
+		p.t.untrack(rawOf(out))
 	}
 	if in != nil {
-		in.Close()
+		in.conn.Close()
 	}
+}
+
+// idle reports whether nothing waits to be written.
+func (p *peer) idle() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.forgot || (len(p.pending) == 0 && !p.busy) || p.out == nil
 }

@@ -23,7 +23,7 @@ type TLS struct {
 // name the node it claims to be.
 var ErrIdentity = errors.New("transport: peer identity refused")
 
-func (t *TLS) verify(cs tls.ConnectionState, name string) error {
+func (t *TLS) verify(cs tls.ConnectionState, name string, usage x509.ExtKeyUsage) error {
 	if len(cs.PeerCertificates) == 0 {
 		return fmt.Errorf("%w: no certificate", ErrIdentity)
 	}
@@ -34,7 +34,7 @@ func (t *TLS) verify(cs tls.ConnectionState, name string) error {
 	}
 	if _, err := leaf.Verify(x509.VerifyOptions{
 		Roots: t.CA, Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+		KeyUsages: []x509.ExtKeyUsage{usage},
 	}); err != nil {
 		return fmt.Errorf("%w: %v", ErrIdentity, err)
 	}
@@ -56,7 +56,7 @@ func (t *TLS) server() *tls.Config {
 		Certificates: []tls.Certificate{t.Cert},
 		ClientAuth:   tls.RequireAnyClientCert,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return t.verify(cs, "")
+			return t.verify(cs, "", x509.ExtKeyUsageClientAuth)
 		},
 	}
 }
@@ -70,7 +70,7 @@ func (t *TLS) client(name string) *tls.Config {
 		// the cluster CA and the node name rather than a host name.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return t.verify(cs, name)
+			return t.verify(cs, name, x509.ExtKeyUsageServerAuth)
 		},
 	}
 }

@@ -113,10 +113,12 @@ type Transport struct {
 	nextID atomic.Uint64 // numbers requests
 	closed atomic.Bool
 
-	mu    sync.Mutex
-	peers map[proc.NodeID]*peer
-	calls map[uint64]*call
-	conns map[net.Conn]struct{} // every open connection, to close on Close
+	mu        sync.Mutex
+	peers     map[proc.NodeID]*peer
+	forgotten map[proc.NodeID]struct{} // peers the layer above declared gone, until it connects again
+	calls     map[uint64]*call
+	conns     map[net.Conn]struct{} // every open connection, to close on Close
+	started   bool
 
 	bytesSent, bytesRecv, framesSent, framesRecv, sessions, rejected atomic.Uint64
 	blocked                                                          atomic.Int64
@@ -132,7 +134,8 @@ type result struct {
 	err     error
 }
 
-// New starts a transport accepting on cfg.Listener.
+// New returns a transport; it accepts connections once Start is called, so
+// the layer above can finish wiring itself to the transport first.
 func New(cfg Config) (*Transport, error) {
 	if cfg.Listener == nil || cfg.Handler == nil || cfg.Self.Name == "" {
 		return nil, errors.New("transport: Config needs Self, Listener and Handler")
@@ -165,20 +168,31 @@ func New(cfg Config) (*Transport, error) {
 		cfg.Logger = slog.Default()
 	}
 	t := &Transport{
-		cfg:   cfg,
-		log:   cfg.Logger,
-		addr:  cfg.Advertise,
-		done:  make(chan struct{}),
-		peers: make(map[proc.NodeID]*peer),
-		calls: make(map[uint64]*call),
-		conns: make(map[net.Conn]struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger,
+		addr:      cfg.Advertise,
+		done:      make(chan struct{}),
+		peers:     make(map[proc.NodeID]*peer),
+		forgotten: make(map[proc.NodeID]struct{}),
+		calls:     make(map[uint64]*call),
+		conns:     make(map[net.Conn]struct{}),
 	}
 	if t.addr == "" {
 		t.addr = cfg.Listener.Addr().String()
 	}
+	return t, nil
+}
+
+// Start begins accepting peers' connections.
+func (t *Transport) Start() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.started || t.closed.Load() {
+		return
+	}
+	t.started = true
 	t.wg.Add(1)
 	go t.accept()
-	return t, nil
 }
 
 // Addr returns the address peers dial.
@@ -231,12 +245,19 @@ func (t *Transport) untrack(c net.Conn) {
 	t.mu.Unlock()
 }
 
-// peer returns the state for id, creating it.
-func (t *Transport) peer(id proc.NodeID, addr string) (*peer, error) {
+// peer returns the state for id, creating it. A forgotten peer is not
+// brought back, unless revive (Connect) says the layer above wants it.
+func (t *Transport) peer(id proc.NodeID, addr string, revive bool) (*peer, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed.Load() {
 		return nil, ErrClosed
+	}
+	if _, gone := t.forgotten[id]; gone {
+		if !revive {
+			return nil, fmt.Errorf("%w: %v", ErrPeerGone, id)
+		}
+		delete(t.forgotten, id)
 	}
 	p := t.peers[id]
 	if p == nil {
@@ -260,7 +281,7 @@ func (t *Transport) send(ctx context.Context, to Peer, typ FrameType, id uint64,
 	if len(payload) > t.cfg.MaxFrameSize {
 		return fmt.Errorf("%w: %d bytes to %v, the limit is %d", ErrFrameTooLarge, len(payload), to.ID, t.cfg.MaxFrameSize)
 	}
-	p, err := t.peer(to.ID, to.Addr)
+	p, err := t.peer(to.ID, to.Addr, false)
 	if err != nil {
 		return err
 	}
@@ -271,28 +292,89 @@ func (t *Transport) send(ctx context.Context, to Peer, typ FrameType, id uint64,
 // reopens it at once when it is lost, so that the loss of a peer is seen
 // when its connection breaks, and a refused reconnection is reported as
 // Unreachable. The layer above connects to every live member; Forget stops.
+// Connect also lifts a Forget: the layer above found the peer alive again.
 func (t *Transport) Connect(to Peer) error {
-	p, err := t.peer(to.ID, to.Addr)
+	p, err := t.peer(to.ID, to.Addr, true)
 	if err != nil {
 		return err
 	}
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.forgot {
-		p.mu.Unlock()
 		return fmt.Errorf("%w: %v", ErrPeerGone, to.ID)
 	}
 	p.want = true
-	if !p.started {
-		p.started = true
-		t.wg.Add(1)
-		go p.run()
+	p.kick()
+	return nil
+}
+
+// Reset ends the current session with peer, as if its connection had
+// broken: the peer will see the loss too. The layer above uses it when it
+// could not send something the peer must not miss (a Down), so that the
+// peer learns its state here was lost rather than waiting forever.
+func (t *Transport) Reset(id proc.NodeID, reason error) {
+	t.mu.Lock()
+	p := t.peers[id]
+	t.mu.Unlock()
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	conn := p.out
+	if conn == nil && p.in != nil {
+		conn = p.in.conn
 	}
 	p.mu.Unlock()
-	select {
-	case p.wake <- struct{}{}:
-	default:
+	p.lose(conn, reason)
+}
+
+// Flush waits until every peer's queued frames are written, the session
+// with it is down, or ctx ends.
+func (t *Transport) Flush(ctx context.Context) {
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		t.mu.Lock()
+		all := true
+		for _, p := range t.peers {
+			if !p.idle() {
+				all = false
+				break
+			}
+		}
+		t.mu.Unlock()
+		if all {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return
+		}
 	}
-	return nil
+}
+
+// replyWait bounds how long a response, or a frame SendOrReset carries,
+// waits for room in the peer's queue.
+const replyWait = 5 * time.Second
+
+// SendOrReset sends a frame the peer must not miss (a Down, a link's exit):
+// if it cannot be queued within a bounded wait, the session is reset, so
+// the peer learns that what it asked of this node is lost instead of
+// waiting for it forever. A forgotten peer is left alone.
+func (t *Transport) SendOrReset(to proc.NodeID, payload []byte) {
+	t.sendOrReset(to, FrameMessage, 0, payload)
+}
+
+func (t *Transport) sendOrReset(to proc.NodeID, typ FrameType, id uint64, payload []byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), replyWait)
+	defer cancel()
+	err := t.send(ctx, Peer{ID: to}, typ, id, payload)
+	if err == nil || errors.Is(err, ErrPeerGone) || errors.Is(err, ErrClosed) {
+		return
+	}
+	t.log.Warn("transport: resetting a session: could not send", "peer", to.String(), "frame", typ, "err", err)
+	t.Reset(to, err)
 }
 
 // Request sends payload to peer and waits for its response, ctx's end, or
@@ -355,11 +437,14 @@ func (t *Transport) failRequests(peer proc.NodeID, err error) {
 
 // Forget drops everything about peer: queued frames, connections, waiting
 // requests (which fail with ErrPeerGone). The layer above calls it when it
-// has declared the peer dead; a later Send to the same identity starts over.
+// has declared the peer dead. Until Connect brings it back, sends to it
+// fail with ErrPeerGone and its connections are refused, so a peer that
+// still thinks this node knows it finds out.
 func (t *Transport) Forget(id proc.NodeID) {
 	t.mu.Lock()
 	p := t.peers[id]
 	delete(t.peers, id)
+	t.forgotten[id] = struct{}{}
 	t.mu.Unlock()
 	if p != nil {
 		p.forget()
@@ -435,22 +520,35 @@ func (t *Transport) serve(raw net.Conn) {
 		t.log.Warn("transport: refused a connection", "remote", raw.RemoteAddr().String(), "err", err)
 		return
 	}
+	t.mu.Lock()
+	_, forgotten := t.forgotten[h.Node]
+	t.mu.Unlock()
+	if forgotten {
+		// The layer above declared this peer gone: refusing it tells the
+		// peer its session here is lost, until it is found alive again.
+		t.rejected.Add(1)
+		t.log.Debug("transport: refused a forgotten peer", "peer", h.Node.String())
+		return
+	}
 	ack := hello{Version: protocolVersion, Node: t.cfg.Self, Addr: t.addr}
 	if _, err := conn.Write(AppendFrame(nil, FrameHelloAck, 0, ack.encode())); err != nil {
 		return
 	}
 	_ = raw.SetDeadline(time.Time{})
-	p, err := t.peer(h.Node, h.Addr)
+	p, err := t.peer(h.Node, h.Addr, false)
 	if err != nil {
+		t.log.Debug("transport: refused a forgotten peer", "peer", h.Node.String())
 		return
 	}
-	p.attachInbound(raw, h.Epoch)
-	err = t.readFrames(conn, p)
+	in := &inbound{conn: raw, done: make(chan struct{})}
+	p.attachInbound(in)
+	err = t.readFrames(conn, p, in)
+	close(in.done)
 	if errors.Is(err, ErrBadFrame) || errors.Is(err, ErrFrameTooLarge) || errors.Is(err, errUnexpectedFrame) {
 		t.rejected.Add(1)
 		t.log.Warn("transport: closing a connection: bad frame", "peer", h.Node.String(), "err", err)
 	}
-	p.inboundLost(raw, err)
+	p.lose(raw, fmt.Errorf("inbound connection ended: %v", err))
 }
 
 var errUnexpectedFrame = errors.New("transport: unexpected frame")
@@ -458,7 +556,7 @@ var errUnexpectedFrame = errors.New("transport: unexpected frame")
 // readFrames dispatches frames from peer until the connection ends. Reads
 // are buffered, and a payload buffer is reused from frame to frame (see
 // Handler).
-func (t *Transport) readFrames(conn io.Reader, p *peer) error {
+func (t *Transport) readFrames(conn io.Reader, p *peer, in *inbound) error {
 	var scratch [headerSize]byte
 	r := bufio.NewReaderSize(conn, 64<<10)
 	buf := make([]byte, 0, 4096)
@@ -466,6 +564,11 @@ func (t *Transport) readFrames(conn io.Reader, p *peer) error {
 		f, err := readFrame(r, t.cfg.MaxFrameSize, &scratch, buf)
 		if err != nil {
 			return err
+		}
+		if p.cur.Load() != in {
+			// The session this connection carried is over: what is still
+			// buffered from it is not handed out after the loss.
+			return net.ErrClosed
 		}
 		if cap(f.Payload) > cap(buf) && cap(f.Payload) <= 1<<20 {
 			buf = f.Payload[:0] // keep the larger buffer for the next frames
@@ -478,9 +581,7 @@ func (t *Transport) readFrames(conn io.Reader, p *peer) error {
 		case FrameRequest:
 			id, from := f.ID, p.id
 			t.cfg.Handler.Request(from, f.Payload, func(resp []byte) {
-				if err := t.send(context.Background(), Peer{ID: from}, FrameResponse, id, resp); err != nil {
-					t.log.Debug("transport: response not sent", "peer", from.String(), "err", err)
-				}
+				t.sendOrReset(from, FrameResponse, id, resp)
 			})
 		case FrameResponse:
 			t.complete(p.id, f.ID, bytes.Clone(f.Payload))

@@ -97,6 +97,7 @@ func start(t *testing.T, name string, o opts) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tr.Start()
 	n.Transport = tr
 	if !o.noCleanup {
 		t.Cleanup(func() { tr.Close() })
@@ -370,7 +371,7 @@ func TestReconnectsAfterALostConnection(t *testing.T) {
 	}
 	k.cut()
 	recv(t, a.rec.downs)
-	recv(t, b.rec.downs) // b's inbound from a ended too
+	recv(t, b.rec.downs) // b's side of the session ended too
 	if resp, err := a.Request(ctx, b.peer(), []byte("2")); err != nil || string(resp) != "re:2" {
 		t.Fatalf("after reconnect: %q, %v", resp, err)
 	}
@@ -481,6 +482,8 @@ func BenchmarkSendThroughput(b *testing.B) {
 			discard := slog.New(slog.DiscardHandler)
 			ta, _ := New(Config{Self: proc.NodeID{Name: "a", Incarnation: 1}, Listener: lnA, TLS: mk("a"), Handler: newRecorder(), Logger: discard})
 			tb, _ := New(Config{Self: proc.NodeID{Name: "b", Incarnation: 1}, Listener: lnB, TLS: mk("b"), Handler: counter, Logger: discard})
+			ta.Start()
+			tb.Start()
 			defer ta.Close()
 			defer tb.Close()
 			to := Peer{ID: proc.NodeID{Name: "b", Incarnation: 1}, Addr: tb.Addr()}
@@ -513,3 +516,161 @@ func (c *countingHandler) Message(proc.NodeID, []byte) {
 func (c *countingHandler) Request(_ proc.NodeID, p []byte, reply func([]byte)) { reply(p) }
 func (c *countingHandler) SessionDown(proc.NodeID, error)                      {}
 func (c *countingHandler) Unreachable(proc.NodeID, error)                      {}
+
+// blocker is a Handler whose Message blocks on a message named "block"
+// until released, recording the order in which things happen.
+type blocker struct {
+	*recorder
+	mu      sync.Mutex
+	order   []string
+	release chan struct{}
+	entered chan struct{}
+}
+
+func (b *blocker) Message(from proc.NodeID, p []byte) {
+	if string(p) == "block" {
+		b.entered <- struct{}{}
+		<-b.release
+	}
+	b.mu.Lock()
+	b.order = append(b.order, string(p))
+	b.mu.Unlock()
+	b.recorder.Message(from, p)
+}
+
+func (b *blocker) SessionDown(peer proc.NodeID, err error) {
+	b.mu.Lock()
+	b.order = append(b.order, "down")
+	b.mu.Unlock()
+	b.recorder.SessionDown(peer, err)
+}
+
+func (b *blocker) seen() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Join(b.order, " ")
+}
+
+// Frames still buffered from a connection whose session was lost are not
+// handed out after the loss, nor after the next session's frames.
+func TestFramesOfALostSessionAreNotHandedOutLater(t *testing.T) {
+	k := &killable{}
+	bh := &blocker{recorder: newRecorder(), release: make(chan struct{}), entered: make(chan struct{}, 1)}
+	a := start(t, "a", opts{dial: k.dial})
+	b := start(t, "b", opts{handler: bh})
+	ctx := context.Background()
+	for _, m := range []string{"block", "m1", "m2", "m3"} {
+		if err := a.Send(ctx, b.peer(), []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recv(t, bh.entered) // b is inside the handler for "block"; m1..m3 are buffered
+	k.cut()
+	recv(t, a.rec.downs)
+	if err := a.Send(ctx, b.peer(), []byte("m4")); err != nil {
+		t.Fatal(err)
+	}
+	close(bh.release)
+	proctest.Eventually(t, "m4 handled", func() bool { return strings.HasSuffix(bh.seen(), "m4") })
+	// What was buffered from the broken connection may be handed out
+	// before the loss is reported (it arrived first), never after it, and
+	// never after the next session's frames.
+	got := bh.seen()
+	before, after, ok := strings.Cut(got, " down ")
+	if !ok || after != "m4" || !strings.HasPrefix("block m1 m2 m3", before) {
+		t.Fatalf("b handled %q: want a prefix of [block m1 m2 m3], then down, then m4", got)
+	}
+}
+
+// A reply to a peer forgotten meanwhile is dropped: it neither brings the
+// peer back nor leaves a writer dialing it.
+func TestReplyToAForgottenPeerIsDropped(t *testing.T) {
+	a := start(t, "a", opts{})
+	b := start(t, "b", opts{})
+	b.rec.hold = make(chan struct{})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, _ = a.Request(ctx, b.peer(), []byte("q"))
+	}()
+	proctest.Eventually(t, "b got the request", func() bool { return b.Stats().FramesReceived > 0 })
+	b.Forget(a.id)
+	recv(t, a.rec.downs) // a has seen its session with b end
+	close(b.rec.hold)    // the reply goes to a forgotten peer
+	proctest.Eventually(t, "no writer left for a", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		_, back := b.peers[a.id]
+		return !back
+	})
+	if err := b.Send(context.Background(), a.peer(), []byte("x")); !errors.Is(err, ErrPeerGone) {
+		t.Fatalf("send to a forgotten peer: %v", err)
+	}
+	// Its connections are refused until it is connected to again.
+	rejected := b.Stats().Rejected
+	_ = a.Send(context.Background(), b.peer(), []byte("let me back"))
+	proctest.Eventually(t, "a's session refused", func() bool { return b.Stats().Rejected > rejected })
+	if err := b.Connect(a.peer()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Send(context.Background(), a.peer(), []byte("welcome back")); err != nil {
+		t.Fatal(err)
+	}
+	if got := recv(t, a.rec.msgCh); got != "b:welcome back" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func TestForgetReleasesConnections(t *testing.T) {
+	a := start(t, "a", opts{})
+	b := start(t, "b", opts{})
+	for range 20 {
+		if err := a.Connect(b.peer()); err != nil {
+			t.Fatal(err)
+		}
+		proctest.Eventually(t, "connected", func() bool {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			p := a.peers[b.id]
+			if p == nil {
+				return false
+			}
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			return p.out != nil
+		})
+		a.Forget(b.id)
+	}
+	a.mu.Lock()
+	tracked := len(a.conns)
+	a.mu.Unlock()
+	if tracked > 2 { // at most b's inbound connections still closing
+		t.Fatalf("%d connections still tracked after 20 Connect/Forget cycles", tracked)
+	}
+}
+
+// One break of a session is reported once on each side.
+func TestOneLossIsReportedOnce(t *testing.T) {
+	k := &killable{}
+	a := start(t, "a", opts{dial: k.dial})
+	b := start(t, "b", opts{})
+	if err := a.Connect(b.peer()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Connect(a.peer()); err != nil {
+		t.Fatal(err)
+	}
+	proctest.Eventually(t, "both directions up", func() bool { return a.Stats().Sessions == 1 && b.Stats().Sessions == 1 })
+	k.cut()
+	recv(t, a.rec.downs)
+	recv(t, b.rec.downs)
+	// Both sides reconnect (they want sessions); no further loss follows.
+	proctest.Eventually(t, "reconnected", func() bool { return a.Stats().Sessions == 2 && b.Stats().Sessions >= 2 })
+	select {
+	case p := <-a.rec.downs:
+		t.Fatalf("a second SessionDown at a for %v", p)
+	case p := <-b.rec.downs:
+		t.Fatalf("a second SessionDown at b for %v", p)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
