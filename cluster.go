@@ -16,6 +16,7 @@ import (
 	"github.com/herdkit/herd/internal/pki"
 	"github.com/herdkit/herd/internal/registry"
 	"github.com/herdkit/herd/internal/remote"
+	"github.com/herdkit/herd/internal/replica"
 	"github.com/herdkit/herd/internal/supervisor"
 	"github.com/herdkit/herd/internal/transport"
 )
@@ -96,6 +97,32 @@ type cluster struct {
 	remote *remote.Cluster
 }
 
+// mux routes what peers send: replicated-map traffic to the replicas,
+// the rest to the remote-process layer.
+type mux struct {
+	remote *remote.Cluster
+	reps   *replica.Replicas
+}
+
+func (m mux) Message(from NodeID, payload []byte) {
+	if len(payload) > 0 && payload[0] == replica.Channel {
+		m.reps.Message(from, payload[1:])
+		return
+	}
+	m.remote.Message(from, payload)
+}
+
+func (m mux) Request(from NodeID, payload []byte, reply func([]byte)) {
+	m.remote.Request(from, payload, reply)
+}
+
+func (m mux) SessionDown(peer NodeID, err error) {
+	m.remote.SessionDown(peer, err)
+	m.reps.SessionDown(peer)
+}
+
+func (m mux) Unreachable(peer NodeID, err error) { m.remote.Unreachable(peer, err) }
+
 func isLoopback(host string) bool {
 	if host == "localhost" {
 		return true
@@ -175,7 +202,7 @@ func (n *Node) startCluster(ctx context.Context, cfg *Config, opts []StartOption
 	}
 	rc := remote.New(remote.Config{Runtime: n.rt, Codec: n.codec, Errors: n.errs, Members: mem, Logger: n.log})
 	tr, err := transport.New(transport.Config{
-		Self: n.id, Listener: ln, Advertise: advertise, TLS: tlsID, Dial: o.Dial, Handler: rc, Logger: n.log,
+		Self: n.id, Listener: ln, Advertise: advertise, TLS: tlsID, Dial: o.Dial, Handler: mux{rc, n.reps}, Logger: n.log,
 	})
 	if err != nil {
 		mem.Shutdown()
@@ -183,6 +210,7 @@ func (n *Node) startCluster(ctx context.Context, cfg *Config, opts []StartOption
 		return fmt.Errorf("herd: %w", err)
 	}
 	rc.Attach(tr)
+	n.reps.Attach(tr, mem)
 	n.rt.SetRemote(rc)
 	n.cl = &cluster{mem: mem, tr: tr, remote: rc}
 	tr.Start() // only now: what arrives finds everything wired
@@ -333,6 +361,7 @@ func (n *Node) Halt() {
 			n.cl.tr.Close()
 			n.cl.remote.Close()
 		}
+		n.reps.Halt()
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		_ = n.rt.Shutdown(ctx) // an ended context: everything is killed

@@ -5,6 +5,7 @@ go 1.26
 require (
 	github.com/fxamacker/cbor/v2 v2.9.6
 	github.com/hashicorp/memberlist v0.7.0
+	go.etcd.io/bbolt v1.5.0
 )
 
 require (

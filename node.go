@@ -7,14 +7,17 @@ import (
 	"iter"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sync"
 	"time"
 
 	"github.com/herdkit/herd/internal/codec"
+	"github.com/herdkit/herd/internal/membership"
 	"github.com/herdkit/herd/internal/proc"
 	"github.com/herdkit/herd/internal/registry"
 	"github.com/herdkit/herd/internal/remote"
+	"github.com/herdkit/herd/internal/replica"
 )
 
 // Config configures a node.
@@ -75,6 +78,38 @@ type Config struct {
 	// Insecure allows listening beyond loopback without TLS or gossip
 	// encryption. Without it, such a node refuses to start.
 	Insecure bool
+
+	// DataDir, if set, is where the node keeps durable state (one bbolt
+	// file, herd.db): replicated maps opened with MapDurable. One node
+	// per directory.
+	DataDir string
+}
+
+// startReplicas opens the node's replicated maps, with what its data
+// directory holds.
+func startReplicas(cfg *Config, id NodeID, log *slog.Logger) (*replica.Replicas, error) {
+	rc := replica.Config{Self: id, Logger: log, AntiEntropy: time.Second}
+	if cfg.Profile == string(membership.Local) {
+		rc.AntiEntropy = 100 * time.Millisecond
+	}
+	if cfg.DataDir != "" {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("herd: data directory: %w", err)
+		}
+		st, err := replica.OpenStore(filepath.Join(cfg.DataDir, "herd.db"))
+		if err != nil {
+			return nil, fmt.Errorf("herd: %w", err)
+		}
+		rc.Store = st
+	}
+	reps, err := replica.New(rc)
+	if err != nil {
+		if rc.Store != nil {
+			rc.Store.Close()
+		}
+		return nil, fmt.Errorf("herd: %w", err)
+	}
+	return reps, nil
 }
 
 var nodeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
@@ -91,6 +126,10 @@ type Node struct {
 	codec    *codec.Registry
 	errs     *remote.Errors
 	cl       *cluster // nil when not clustered
+	reps     *replica.Replicas
+
+	mapsMu sync.Mutex
+	maps   map[string]*Map
 
 	stopOnce sync.Once
 	stopErr  error
@@ -127,6 +166,7 @@ func Start(ctx context.Context, cfg Config, opts ...StartOption) (*Node, error) 
 		stopWait: cfg.StopTimeout,
 		codec:    newCodec(),
 		errs:     newErrors(),
+		maps:     make(map[string]*Map),
 	}
 	n.log = cfg.Logger.With("node", n.id.String())
 	rt, err := proc.New(proc.Config{Node: n.id, Logger: n.log, MailboxWarn: cfg.MailboxWarn, Owner: n})
@@ -136,8 +176,12 @@ func Start(ctx context.Context, cfg Config, opts ...StartOption) (*Node, error) 
 	n.rt = rt
 	n.reg = registry.NewLocal(rt)
 	rt.SetResolver(n.reg.Resolver())
+	if n.reps, err = startReplicas(&cfg, n.id, n.log); err != nil {
+		return nil, err
+	}
 	if cfg.Bind != "" {
 		if err := n.startCluster(ctx, &cfg, opts); err != nil {
+			n.reps.Close()
 			return nil, err
 		}
 	} else if len(opts) > 0 || len(cfg.Join) > 0 || cfg.DNSName != "" || cfg.DNSSRV != "" {
@@ -174,6 +218,7 @@ func (n *Node) Stop(ctx context.Context) error {
 			// it leaving, then left. Each step is bounded even if the
 			// processes used up the deadline.
 			flush, cancel := context.WithTimeout(context.Background(), time.Second)
+			n.reps.Flush()
 			n.cl.tr.Flush(flush)
 			cancel()
 			leave, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -186,6 +231,9 @@ func (n *Node) Stop(ctx context.Context) error {
 			cancel()
 			n.cl.tr.Close()
 			n.cl.remote.Close()
+		}
+		if err := n.reps.Close(); err != nil {
+			n.log.Error("closing replicated maps", "err", err)
 		}
 	})
 	return n.stopErr
