@@ -232,3 +232,10 @@ func (w *MapWatch) Close() {
 	for range w.ch {
 	}
 }
+
+// MapStats counts this node's replicated-map traffic.
+type MapStats = replica.Stats
+
+// MapStats returns the counters of this node's replicated-map traffic so
+// far.
+func (n *Node) MapStats() MapStats { return n.reps.Stats() }

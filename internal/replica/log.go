@@ -33,19 +33,16 @@ func (l *deltaLog) add(d crdt.Delta) {
 	l.byDot[d.Op] = d
 }
 
-// since returns the deltas for every dot ctx has and peer lacks, or false
-// if some are no longer (or never were) in the log.
-func (l *deltaLog) since(ctx, peer *crdt.Context) ([]crdt.Delta, bool) {
-	var out []crdt.Delta
-	ok := true
-	ctx.Missing(peer, func(d crdt.Dot) bool {
-		delta, found := l.byDot[d]
-		if !found {
-			ok = false
-			return false
+// get returns the deltas of dots, or false if some are no longer (or never
+// were) in the log.
+func (l *deltaLog) get(dots []crdt.Dot) ([]crdt.Delta, bool) {
+	out := make([]crdt.Delta, 0, len(dots))
+	for _, d := range dots {
+		delta, ok := l.byDot[d]
+		if !ok {
+			return nil, false
 		}
 		out = append(out, delta)
-		return true
-	})
-	return out, ok
+	}
+	return out, true
 }

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/herdkit/herd/internal/crdt"
@@ -90,8 +91,13 @@ type Replicas struct {
 	order   []proc.NodeID                  // anti-entropy turn order
 	turn    int
 	owners  map[proc.NodeID]ownerState
-	pending map[xferKey]*crdt.Delta // state transfers being received
-	xfer    uint64
+	pending map[xferKey]*incoming // state transfers being received
+	sent    map[xferKey]time.Time // when a whole state last went to a peer
+	// streamFrom is, per peer and map, the last of this node's own dots
+	// written before its delta stream to the peer (re)started; later ones
+	// are on that stream.
+	streamFrom map[xferKey]uint64
+	xfer       uint64
 
 	sendMu   sync.Mutex // one sendQueued at a time, so batches keep their order
 	outMu    sync.Mutex
@@ -106,8 +112,15 @@ type Replicas struct {
 }
 
 type xferKey struct {
-	from proc.NodeID
+	from proc.NodeID // the peer
 	name string
+}
+
+// incoming is a state transfer being received.
+type incoming struct {
+	xfer  uint64
+	next  uint32
+	state crdt.Delta
 }
 
 // ownerState is how this node sees a node life that owns entries.
@@ -156,7 +169,7 @@ func New(cfg Config) (*Replicas, error) {
 	r := &Replicas{
 		cfg: cfg, log: cfg.Logger, self: cfg.Self, maps: make(map[string]*Map),
 		peers: make(map[proc.NodeID]transport.Peer), owners: make(map[proc.NodeID]ownerState),
-		pending: make(map[xferKey]*crdt.Delta), out: make(map[string][]crdt.Delta),
+		pending: make(map[xferKey]*incoming), sent: make(map[xferKey]time.Time), streamFrom: make(map[xferKey]uint64), out: make(map[string][]crdt.Delta),
 		kick: make(chan struct{}, 1), urgent: make(chan proc.NodeID, 64), done: make(chan struct{}),
 	}
 	if cfg.Store != nil {
@@ -234,14 +247,11 @@ func (r *Replicas) members(batch []membership.Change) {
 				delete(r.peers, m.ID)
 				r.reorder()
 			}
-			for k := range r.pending {
-				if k.from == m.ID {
-					delete(r.pending, k)
-				}
-			}
+			r.forgetTransfers(m.ID)
 		} else {
 			if _, ok := r.peers[m.ID]; !ok {
 				fresh = append(fresh, m.ID)
+				r.restream(m.ID)
 			}
 			r.peers[m.ID] = transport.Peer{ID: m.ID, Addr: m.Addr}
 			r.reorder()
@@ -513,7 +523,7 @@ func (r *Replicas) sendQueued() {
 	frames := r.deltaFrames(order, out)
 	for _, p := range peers {
 		for _, f := range frames {
-			r.send(p, f.payload, 100*time.Millisecond)
+			r.send(p, f.payload, time.Second)
 		}
 	}
 	r.outMu.Lock()
@@ -591,6 +601,9 @@ func (r *Replicas) send(p transport.Peer, payload []byte, wait time.Duration) {
 	defer cancel()
 	if err := r.net.Send(ctx, p, payload); err != nil {
 		// Anti-entropy repairs what did not go.
+		r.mu.Lock()
+		r.restream(p.ID)
+		r.mu.Unlock()
 		r.log.Debug("replica: send failed", "peer", p.ID, "err", err)
 	}
 }
@@ -624,6 +637,12 @@ func (r *Replicas) ticker() {
 			now := r.cfg.Now()
 			for _, mp := range maps {
 				r.reconcileMap(mp, now)
+				mp.mu.Lock()
+				if len(mp.rounds) == settleLive {
+					mp.rounds = append(mp.rounds[:0], mp.rounds[1:]...)
+				}
+				mp.rounds = append(mp.rounds, mp.m.Context().Clone())
+				mp.mu.Unlock()
 			}
 			if !to.IsZero() {
 				r.digestTo(to, false)
@@ -687,15 +706,27 @@ func (r *Replicas) Message(from proc.NodeID, payload []byte) {
 // lost, so the peer gets a digest soon.
 func (r *Replicas) SessionDown(peer proc.NodeID) {
 	r.mu.Lock()
+	r.forgetTransfers(peer)
+	r.restream(peer)
+	r.mu.Unlock()
+	select {
+	case r.urgent <- peer:
+	default:
+	}
+}
+
+// forgetTransfers drops state transfers from and to peer. Called with r.mu
+// held.
+func (r *Replicas) forgetTransfers(peer proc.NodeID) {
 	for k := range r.pending {
 		if k.from == peer {
 			delete(r.pending, k)
 		}
 	}
-	r.mu.Unlock()
-	select {
-	case r.urgent <- peer:
-	default:
+	for k := range r.sent {
+		if k.from == peer {
+			delete(r.sent, k)
+		}
 	}
 }
 
@@ -739,16 +770,29 @@ func (r *Replicas) onDigest(from proc.NodeID, msg *digestMsg) {
 			peer = &crdt.Context{}
 		}
 		mp.mu.RLock()
-		mine := mp.m.Context()
-		if !mine.Covers(peer) {
+		if !mp.m.Context().Covers(peer) {
 			behind = true
 		}
-		if peer.Covers(mine) {
+		missing := r.lacks(mp, from, peer)
+		if len(missing) == 0 {
 			mp.mu.RUnlock()
 			continue
 		}
-		deltas, ok := mp.log.since(mine, peer)
+		deltas, ok := mp.log.get(missing)
 		if !ok {
+			// One whole state at a time per peer and map: a transfer
+			// still on its way would answer this digest too.
+			key := xferKey{from, mp.name}
+			r.mu.Lock()
+			recent := time.Since(r.sent[key]) < 4*r.cfg.AntiEntropy
+			if !recent {
+				r.sent[key] = time.Now()
+			}
+			r.mu.Unlock()
+			if recent {
+				mp.mu.RUnlock()
+				continue
+			}
 			state := mp.m.State()
 			mp.mu.RUnlock()
 			r.sendState(p, mp.name, &state)
@@ -770,6 +814,62 @@ func (r *Replicas) onDigest(from proc.NodeID, msg *digestMsg) {
 	}
 	if behind && !msg.Reply {
 		r.digestTo(from, true)
+	}
+}
+
+// A peer's delta may take a while to arrive when the cluster is busy, and
+// anti-entropy must not send again what is merely on its way: a dot of a
+// live writer is left to that writer's stream for settleLive rounds, a dot
+// of a writer that is gone (dead, left, unknown) for settleGone rounds.
+const (
+	settleLive = 10
+	settleGone = 2
+)
+
+// lacks returns the dots of mp that peer lacks and that no delta stream is
+// still bringing it: this node's own dots written since its stream to the
+// peer last (re)started come by that stream; others' dots are left to their
+// writers for a few rounds. Called with mp.mu read-locked.
+func (r *Replicas) lacks(mp *Map, from proc.NodeID, peer *crdt.Context) []crdt.Dot {
+	r.mu.Lock()
+	streamed := r.streamFrom[xferKey{from, mp.name}]
+	live := make(map[proc.NodeID]bool, len(r.peers))
+	for id := range r.peers {
+		live[id] = true
+	}
+	r.mu.Unlock()
+	horizon := func(rounds int) *crdt.Context {
+		if len(mp.rounds) < rounds {
+			return nil
+		}
+		return &mp.rounds[len(mp.rounds)-rounds]
+	}
+	liveH, goneH := horizon(settleLive), horizon(settleGone)
+	var out []crdt.Dot
+	mp.m.Context().Missing(peer, func(d crdt.Dot) bool {
+		switch {
+		case d.Node == r.self:
+			if d.Seq <= streamed {
+				out = append(out, d)
+			}
+		case live[d.Node]:
+			if liveH != nil && liveH.Contains(d) {
+				out = append(out, d)
+			}
+		case goneH != nil && goneH.Contains(d):
+			out = append(out, d)
+		}
+		return true
+	})
+	return out
+}
+
+// restream marks every dot this node has written so far as possibly lost
+// on the way to peer: its session broke, a send failed, or it is new.
+// Called with r.mu held.
+func (r *Replicas) restream(peer proc.NodeID) {
+	for name, mp := range r.maps {
+		r.streamFrom[xferKey{peer, name}] = mp.ownSeq.Load()
 	}
 }
 
@@ -816,23 +916,26 @@ func (r *Replicas) sendState(p transport.Peer, name string, state *crdt.Delta) {
 func (r *Replicas) onState(from proc.NodeID, msg *stateMsg) {
 	key := xferKey{from, msg.Map}
 	r.mu.Lock()
-	acc := r.pending[key]
+	in := r.pending[key]
 	if msg.Seq == 0 {
-		acc = &crdt.Delta{Full: true}
-		r.pending[key] = acc
+		// A new transfer replaces one that broke off.
+		in = &incoming{xfer: msg.Xfer, state: crdt.Delta{Full: true}}
+		r.pending[key] = in
 	}
-	if acc == nil || !msg.Part.Full {
+	if in == nil || in.xfer != msg.Xfer || in.next != msg.Seq || !msg.Part.Full {
 		r.mu.Unlock()
-		r.log.Warn("replica: dropping a state chunk out of order", "peer", from, "map", msg.Map)
+		r.log.Warn("replica: dropping a state chunk out of order", "peer", from, "map", msg.Map, "xfer", msg.Xfer, "seq", msg.Seq)
 		return
 	}
-	acc.Entries = append(acc.Entries, msg.Part.Entries...)
+	in.next++
+	in.state.Entries = append(in.state.Entries, msg.Part.Entries...)
 	if !msg.Last {
 		r.mu.Unlock()
 		return
 	}
 	delete(r.pending, key)
 	r.mu.Unlock()
+	acc := &in.state
 	acc.Context, acc.Retired = msg.Part.Context, msg.Part.Retired
 	if err := acc.Validate(); err != nil {
 		r.log.Warn("replica: dropping a malformed state", "peer", from, "map", msg.Map, "err", err)
@@ -885,6 +988,8 @@ type Map struct {
 
 	mu        sync.RWMutex
 	m         *crdt.Map
+	rounds    []crdt.Context // the map's context at the last few anti-entropy rounds, oldest first
+	ownSeq    atomic.Uint64  // the last of this node's own dots
 	log       *deltaLog
 	durable   bool
 	dirty     map[string]struct{}
@@ -984,6 +1089,9 @@ func (mp *Map) RemoveOwner(owner crdt.Owner) bool {
 // logged records a delta in the log. Called with mp.mu held.
 func (mp *Map) logged(d crdt.Delta) {
 	mp.log.add(d)
+	if d.Op.Node == mp.r.self {
+		mp.ownSeq.Store(d.Op.Seq)
+	}
 	if mp.durable {
 		mp.metaDirty = true
 	}
