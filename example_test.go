@@ -107,3 +107,25 @@ func ExampleRegistry_capabilities() {
 	// agent:coder
 	// 3
 }
+
+// A replicated map: a write is visible on this node when Put returns and
+// reaches every other node of the cluster within milliseconds.
+func ExampleMap() {
+	ctx := context.Background()
+	node, err := herd.Start(ctx, herd.Config{Name: "example"})
+	if err != nil {
+		panic(err)
+	}
+	defer node.Stop(ctx)
+
+	scores, err := node.Map("scores")
+	if err != nil {
+		panic(err)
+	}
+	scores.Put("alice", []byte("10"))
+	scores.Put("bob", []byte("7"))
+	scores.Delete("bob")
+	v, ok := scores.Get("alice")
+	fmt.Println(string(v), ok, scores.Len())
+	// Output: 10 true 1
+}

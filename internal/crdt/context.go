@@ -122,6 +122,17 @@ func (c *Context) Max(node proc.NodeID) uint64 {
 	return m
 }
 
+func (c *Context) maxSeq() uint64 {
+	var m uint64
+	for _, s := range c.vv {
+		m = max(m, s)
+	}
+	for d := range c.cloud {
+		m = max(m, d.Seq)
+	}
+	return m
+}
+
 // Upto returns the sequence number up to which every dot of node was seen.
 func (c *Context) Upto(node proc.NodeID) uint64 { return c.vv[node] }
 
@@ -148,7 +159,7 @@ func (c *Context) Nodes() []proc.NodeID {
 // returns false.
 func (c *Context) Missing(o *Context, fn func(Dot) bool) {
 	for n, s := range c.vv {
-		for q := o.vv[n] + 1; q <= s; q++ {
+		for q := o.vv[n] + 1; q <= s && q != 0; q++ { // q wraps to 0 past MaxUint64
 			if d := (Dot{Node: n, Seq: q}); !o.Contains(d) && !fn(d) {
 				return
 			}

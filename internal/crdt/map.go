@@ -62,6 +62,8 @@ type Delta struct {
 	Retired []proc.NodeID
 	// Full marks a whole state: its Context covers every key.
 	Full bool
+	// Applied, in a whole state, holds the ops whose effect it holds.
+	Applied Context
 }
 
 // Resolver decides what a key reads as when concurrent writes left it
@@ -82,6 +84,11 @@ type Change struct {
 	Old, New *Version
 }
 
+// MaxSeq is the highest sequence number a delta may carry; no replica makes
+// that many ops, and refusing more keeps a forged delta from exhausting a
+// replica's own sequence.
+const MaxSeq = 1 << 62
+
 // Errors of mutators.
 var (
 	// ErrRetired: the owner's node life has been retired; nothing it owns
@@ -100,7 +107,8 @@ type Map struct {
 	self     proc.NodeID
 	resolve  Resolver
 	entries  map[string][]Version // sorted by (Time, Dot)
-	ctx      Context
+	ctx      Context              // every dot seen: ops, and versions written or removed
+	applied  Context              // the ops whose effect this replica holds
 	retired  map[proc.NodeID]struct{}
 	down     map[proc.NodeID]struct{}
 	owned    map[proc.NodeID]map[string]int // owner node -> key -> versions it owns
@@ -165,6 +173,15 @@ func (m *Map) RetiredLives() []proc.NodeID {
 	return out
 }
 
+// Applied returns the ops (by dot) whose effect the replica holds: its own,
+// those of the deltas it joined, and those a whole state it joined held.
+// Two replicas that applied the same ops hold the same state, so this, not
+// Context, is what replicas compare to find what the other lacks. (Context
+// also holds the dots of versions a delta removed, whose own ops the
+// replica may never have seen.) The caller must not modify it, nor keep it
+// across calls that change the map.
+func (m *Map) Applied() *Context { return &m.applied }
+
 // Context returns the dots the replica has seen. The caller must not modify
 // it, nor keep it across calls that change the map.
 func (m *Map) Context() *Context { return &m.ctx }
@@ -172,6 +189,7 @@ func (m *Map) Context() *Context { return &m.ctx }
 func (m *Map) nextDot() Dot {
 	d := Dot{Node: m.self, Seq: m.ctx.Upto(m.self) + 1} // own dots never leave gaps
 	m.ctx.Add(d)
+	m.applied.Add(d)
 	return d
 }
 
@@ -471,12 +489,17 @@ func (m *Map) Join(d *Delta) {
 		touched(key)
 	}
 	m.ctx.Merge(&d.Context)
+	if d.Full {
+		m.applied.Merge(&d.Applied)
+	} else {
+		m.applied.Add(d.Op)
+	}
 }
 
 // State returns the whole state as a delta, to ship to a replica that is
 // too far behind for deltas.
 func (m *Map) State() Delta {
-	d := Delta{Full: true, Context: m.ctx.Clone()}
+	d := Delta{Full: true, Context: m.ctx.Clone(), Applied: m.applied.Clone()}
 	for key, vs := range m.entries {
 		for _, v := range vs {
 			d.Entries = append(d.Entries, Entry{Key: key, Version: v})
@@ -498,7 +521,7 @@ func (m *Map) State() Delta {
 // Equal reports whether m and o hold the same state: versions, context and
 // retired lives. (Which lives are down is local and not compared.)
 func (m *Map) Equal(o *Map) bool {
-	if len(m.entries) != len(o.entries) || len(m.retired) != len(o.retired) || !m.ctx.Equal(&o.ctx) {
+	if len(m.entries) != len(o.entries) || len(m.retired) != len(o.retired) || !m.ctx.Equal(&o.ctx) || !m.applied.Equal(&o.applied) {
 		return false
 	}
 	for n := range m.retired {
@@ -525,6 +548,9 @@ func (m *Map) Equal(o *Map) bool {
 // distinct, no retired owner's entry is present, and the owner index
 // matches the entries.
 func (m *Map) Check() error {
+	if !m.ctx.Covers(&m.applied) {
+		return fmt.Errorf("an applied op is not in the context")
+	}
 	count := make(map[proc.NodeID]map[string]int)
 	for k, vs := range m.entries {
 		if len(vs) == 0 {
@@ -702,6 +728,12 @@ func (d *Delta) Validate() error {
 	}
 	if !d.Full && !d.Op.IsZero() && !d.Context.Contains(d.Op) {
 		return fmt.Errorf("%w: op dot outside the context", ErrMalformed)
+	}
+	if d.Context.maxSeq() > MaxSeq || d.Applied.maxSeq() > MaxSeq {
+		return fmt.Errorf("%w: sequence number beyond %d", ErrMalformed, uint64(MaxSeq))
+	}
+	if d.Full && !d.Context.Covers(&d.Applied) {
+		return fmt.Errorf("%w: applied ops outside the context", ErrMalformed)
 	}
 	return nil
 }

@@ -46,3 +46,14 @@ func (l *deltaLog) get(dots []crdt.Dot) ([]crdt.Delta, bool) {
 	}
 	return out, true
 }
+
+// present returns the deltas of those dots the log still holds.
+func (l *deltaLog) present(dots []crdt.Dot) []crdt.Delta {
+	var out []crdt.Delta
+	for _, d := range dots {
+		if delta, ok := l.byDot[d]; ok {
+			out = append(out, delta)
+		}
+	}
+	return out
+}

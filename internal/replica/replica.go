@@ -641,7 +641,7 @@ func (r *Replicas) ticker() {
 				if len(mp.rounds) == settleLive {
 					mp.rounds = append(mp.rounds[:0], mp.rounds[1:]...)
 				}
-				mp.rounds = append(mp.rounds, mp.m.Context().Clone())
+				mp.rounds = append(mp.rounds, mp.m.Applied().Clone())
 				mp.mu.Unlock()
 			}
 			if !to.IsZero() {
@@ -668,7 +668,7 @@ func (r *Replicas) digestTo(id proc.NodeID, reply bool) {
 	msg := digestMsg{Reply: reply, Maps: make([]mapDigest, 0, len(maps))}
 	for _, mp := range maps {
 		mp.mu.RLock()
-		msg.Maps = append(msg.Maps, mapDigest{Map: mp.name, Context: mp.m.Context().Clone()})
+		msg.Maps = append(msg.Maps, mapDigest{Map: mp.name, Context: mp.m.Applied().Clone()})
 		mp.mu.RUnlock()
 	}
 	b, err := encode(kindDigest, &msg)
@@ -770,21 +770,22 @@ func (r *Replicas) onDigest(from proc.NodeID, msg *digestMsg) {
 			peer = &crdt.Context{}
 		}
 		mp.mu.RLock()
-		if !mp.m.Context().Covers(peer) {
+		if !mp.m.Applied().Covers(peer) {
 			behind = true
 		}
-		missing := r.lacks(mp, from, peer)
-		if len(missing) == 0 {
+		must, extra := r.lacks(mp, from, peer)
+		if len(must) == 0 && len(extra) == 0 {
 			mp.mu.RUnlock()
 			continue
 		}
-		deltas, ok := mp.log.get(missing)
+		deltas, ok := mp.log.get(must)
+		deltas = append(deltas, mp.log.present(extra)...)
 		if !ok {
 			// One whole state at a time per peer and map: a transfer
 			// still on its way would answer this digest too.
 			key := xferKey{from, mp.name}
 			r.mu.Lock()
-			recent := time.Since(r.sent[key]) < 4*r.cfg.AntiEntropy
+			recent := time.Since(r.sent[key]) < settleLive*r.cfg.AntiEntropy
 			if !recent {
 				r.sent[key] = time.Now()
 			}
@@ -827,10 +828,13 @@ const (
 )
 
 // lacks returns the dots of mp that peer lacks and that no delta stream is
-// still bringing it: this node's own dots written since its stream to the
-// peer last (re)started come by that stream; others' dots are left to their
-// writers for a few rounds. Called with mp.mu read-locked.
-func (r *Replicas) lacks(mp *Map, from proc.NodeID, peer *crdt.Context) []crdt.Dot {
+// still bringing it. must are this node's own dots written before its
+// stream to the peer last (re)started, and dots of writers that are gone
+// (dead, left, unknown) seen settleGone rounds ago: nobody else will send
+// them. extra are dots of live writers seen settleLive rounds ago: their
+// writers repair them, and this node only helps from its log. Called with
+// mp.mu read-locked.
+func (r *Replicas) lacks(mp *Map, from proc.NodeID, peer *crdt.Context) (must, extra []crdt.Dot) {
 	r.mu.Lock()
 	streamed := r.streamFrom[xferKey{from, mp.name}]
 	live := make(map[proc.NodeID]bool, len(r.peers))
@@ -845,23 +849,22 @@ func (r *Replicas) lacks(mp *Map, from proc.NodeID, peer *crdt.Context) []crdt.D
 		return &mp.rounds[len(mp.rounds)-rounds]
 	}
 	liveH, goneH := horizon(settleLive), horizon(settleGone)
-	var out []crdt.Dot
-	mp.m.Context().Missing(peer, func(d crdt.Dot) bool {
+	mp.m.Applied().Missing(peer, func(d crdt.Dot) bool {
 		switch {
 		case d.Node == r.self:
 			if d.Seq <= streamed {
-				out = append(out, d)
+				must = append(must, d)
 			}
 		case live[d.Node]:
 			if liveH != nil && liveH.Contains(d) {
-				out = append(out, d)
+				extra = append(extra, d)
 			}
 		case goneH != nil && goneH.Contains(d):
-			out = append(out, d)
+			must = append(must, d)
 		}
 		return true
 	})
-	return out
+	return must, extra
 }
 
 // restream marks every dot this node has written so far as possibly lost
@@ -905,7 +908,7 @@ func (r *Replicas) sendState(p transport.Peer, name string, state *crdt.Delta) {
 		send(crdt.Delta{Full: true, Entries: entries[:n]}, false)
 		entries = entries[n:]
 	}
-	send(crdt.Delta{Full: true, Entries: entries, Context: state.Context, Retired: state.Retired}, true)
+	send(crdt.Delta{Full: true, Entries: entries, Context: state.Context, Retired: state.Retired, Applied: state.Applied}, true)
 	r.outMu.Lock()
 	r.stats.StateTransfers++
 	r.stats.StateBytes += uint64(bytes)
@@ -936,7 +939,7 @@ func (r *Replicas) onState(from proc.NodeID, msg *stateMsg) {
 	delete(r.pending, key)
 	r.mu.Unlock()
 	acc := &in.state
-	acc.Context, acc.Retired = msg.Part.Context, msg.Part.Retired
+	acc.Context, acc.Retired, acc.Applied = msg.Part.Context, msg.Part.Retired, msg.Part.Applied
 	if err := acc.Validate(); err != nil {
 		r.log.Warn("replica: dropping a malformed state", "peer", from, "map", msg.Map, "err", err)
 		return
@@ -962,6 +965,7 @@ func (r *Replicas) flush() error {
 				w.keys[k] = mp.m.Stored(k)
 			}
 			w.ctx = mp.m.Context().Clone()
+			w.applied = mp.m.Applied().Clone()
 			w.retired = mp.m.RetiredLives()
 			mp.dirty = make(map[string]struct{})
 			mp.metaDirty = false

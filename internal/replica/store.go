@@ -13,7 +13,8 @@ import (
 
 // Store keeps durable maps in one bbolt file per node. Layout: bucket
 // "maps" holds a bucket per map, each with an "entries" bucket (key ->
-// CBOR of its stored versions) and the keys "context" and "retired"; bucket
+// CBOR of its stored versions) and the keys "context", "applied" and
+// "retired"; bucket
 // "node" holds "clock", the latest hybrid-clock reading, so a restarted
 // node never stamps earlier than what it wrote before.
 type Store struct {
@@ -26,6 +27,7 @@ var (
 	bucketEntries = []byte("entries")
 	keyContext    = []byte("context")
 	keyRetired    = []byte("retired")
+	keyApplied    = []byte("applied")
 	keyClock      = []byte("clock")
 )
 
@@ -93,6 +95,11 @@ func (s *Store) Load(name string) (crdt.Delta, error) {
 				return fmt.Errorf("context: %w", err)
 			}
 		}
+		if b := mb.Get(keyApplied); b != nil {
+			if err := crdt.DecMode.Unmarshal(b, &d.Applied); err != nil {
+				return fmt.Errorf("applied: %w", err)
+			}
+		}
 		if b := mb.Get(keyRetired); b != nil {
 			if err := crdt.DecMode.Unmarshal(b, &d.Retired); err != nil {
 				return fmt.Errorf("retired: %w", err)
@@ -128,6 +135,7 @@ type mapWrite struct {
 	name    string
 	keys    map[string][]crdt.Version
 	ctx     crdt.Context
+	applied crdt.Context
 	retired []proc.NodeID
 }
 
@@ -162,6 +170,12 @@ func (s *Store) write(batch []mapWrite, clock crdt.Timestamp) error {
 				return err
 			}
 			if err := mb.Put(keyContext, b); err != nil {
+				return err
+			}
+			if b, err = encMode.Marshal(w.applied); err != nil {
+				return err
+			}
+			if err := mb.Put(keyApplied, b); err != nil {
 				return err
 			}
 			if b, err = encMode.Marshal(w.retired); err != nil {
