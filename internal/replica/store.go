@@ -55,9 +55,6 @@ func OpenStore(path string) (*Store, error) {
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }
 
-// Path returns the file's path.
-func (s *Store) Path() string { return s.db.Path() }
-
 // Clock returns the latest clock reading stored.
 func (s *Store) Clock() (crdt.Timestamp, error) {
 	var t crdt.Timestamp
