@@ -10,28 +10,14 @@ import (
 )
 
 // Local is the registry of one node's own processes. All methods are safe for
-// concurrent use. Reads take a read lock and allocate nothing (Lookup,
-// Whereis); writes take the write lock.
+// concurrent use. Lookups of unique names (Lookup, Whereis) are lock-free and
+// allocate nothing; other reads take a read lock; writes take the write lock.
 type Local struct {
 	rt *proc.Runtime
 
-	mu      sync.RWMutex
-	def     *envTable // the default environment's table, also in envs
-	envs    map[string]*envTable
-	owners  map[proc.PID]*owner
-	watches map[*Watch]struct{}
-}
-
-type envTable struct {
-	unique map[string]slot
-	groups map[string]map[proc.PID]*Entry
-}
-
-// slot keeps the holder's PID inline, so Whereis (the hot path of every send
-// by name) reads one map slot and not a scattered Entry as well.
-type slot struct {
-	pid proc.PID
-	e   *Entry
+	mu     sync.RWMutex
+	ix     index
+	owners map[proc.PID]*owner
 }
 
 // owner is what a process holds, so its exit releases it all.
@@ -49,22 +35,7 @@ var _ Registry = (*Local)(nil)
 
 // NewLocal returns a registry for the processes of rt.
 func NewLocal(rt *proc.Runtime) *Local {
-	l := &Local{
-		rt:      rt,
-		envs:    make(map[string]*envTable),
-		owners:  make(map[proc.PID]*owner),
-		watches: make(map[*Watch]struct{}),
-	}
-	l.def = l.table("", true)
-	return l
-}
-
-// read returns the table of env for a reader holding the read lock.
-func (l *Local) read(env string) *envTable {
-	if env == "" {
-		return l.def
-	}
-	return l.envs[env]
+	return &Local{rt: rt, ix: newIndex(), owners: make(map[proc.PID]*owner)}
 }
 
 // Resolver returns a proc.Resolver backed by this registry, for
@@ -90,15 +61,6 @@ func (l *Local) prepare(key Key, pid proc.PID, meta Meta) (Meta, error) {
 		return Meta{}, err
 	}
 	return meta.Clone(), nil
-}
-
-func (l *Local) table(env string, create bool) *envTable {
-	t := l.envs[env]
-	if t == nil && create {
-		t = &envTable{unique: make(map[string]slot), groups: make(map[string]map[proc.PID]*Entry)}
-		l.envs[env] = t
-	}
-	return t
 }
 
 // own records that pid holds key, installing the exit hook for a process seen
@@ -149,35 +111,20 @@ func (l *Local) exited(pid proc.PID, reason error) {
 	}
 	delete(l.owners, pid)
 	for _, ok := range o.keys {
-		t := l.table(ok.key.Env, false)
 		var e *Entry
 		switch ok.kind {
 		case Unique:
-			e = t.unique[ok.key.Name].e
-			delete(t.unique, ok.key.Name)
+			if e = l.ix.holder(ok.key); e != nil {
+				l.ix.dropHolder(ok.key)
+			}
 		case Group:
-			e = t.groups[ok.key.Name][pid]
-			l.removeMember(t, ok.key.Name, pid)
+			if e = l.ix.member(ok.key, pid); e != nil {
+				l.ix.dropMember(ok.key, pid)
+			}
 		}
 		if e != nil {
-			l.emit(Event{Type: Unregistered, Entry: *e, Reason: reason})
+			l.ix.emit(Event{Type: Unregistered, Entry: *e, Reason: reason})
 		}
-	}
-}
-
-func (l *Local) removeMember(t *envTable, name string, pid proc.PID) {
-	g := t.groups[name]
-	delete(g, pid)
-	if len(g) == 0 {
-		delete(t.groups, name)
-	}
-}
-
-// emit offers e to every watch. Called with l.mu held, so watches see
-// changes in the order they were made.
-func (l *Local) emit(e Event) {
-	for w := range l.watches {
-		w.Offer(e)
 	}
 }
 
@@ -189,30 +136,36 @@ func (l *Local) Register(_ context.Context, key Key, pid proc.PID, meta Meta) er
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	t := l.table(key.Env, true)
-	if s, ok := t.unique[key.Name]; ok {
-		if s.pid != pid {
-			return &TakenError{Key: key, Holder: s.pid}
+	if e := l.ix.holder(key); e != nil {
+		if e.PID != pid {
+			return &TakenError{Key: key, Holder: e.PID}
 		}
-		l.update(s.e, meta)
+		l.update(e, meta)
 		return nil
 	}
 	if err := l.own(pid, Unique, key); err != nil {
 		return err
 	}
 	e := &Entry{Kind: Unique, Key: key, PID: pid, Meta: meta}
-	t.unique[key.Name] = slot{pid: pid, e: e}
-	l.emit(Event{Type: Registered, Entry: *e})
+	l.ix.setHolder(e)
+	l.ix.emit(Event{Type: Registered, Entry: *e})
 	return nil
 }
 
+// update replaces e's metadata, if it changed, with a new entry: readers
+// may hold the old one.
 func (l *Local) update(e *Entry, meta Meta) {
 	if e.Meta.Equal(meta) {
 		return
 	}
-	// Replace, never mutate: readers may hold the old Meta.
-	e.Meta = meta
-	l.emit(Event{Type: Updated, Entry: *e})
+	n := *e
+	n.Meta = meta
+	if n.Kind == Unique {
+		l.ix.setHolder(&n)
+	} else {
+		l.ix.setMember(&n)
+	}
+	l.ix.emit(Event{Type: Updated, Entry: n})
 }
 
 // Unregister implements Registry.
@@ -222,43 +175,21 @@ func (l *Local) Unregister(_ context.Context, key Key, pid proc.PID) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	t := l.table(key.Env, false)
-	if t == nil {
+	e := l.ix.holder(key)
+	if e == nil || e.PID != pid {
 		return nil
 	}
-	s, ok := t.unique[key.Name]
-	if !ok || s.pid != pid {
-		return nil
-	}
-	delete(t.unique, key.Name)
+	l.ix.dropHolder(key)
 	l.disown(pid, Unique, key)
-	l.emit(Event{Type: Unregistered, Entry: *s.e})
+	l.ix.emit(Event{Type: Unregistered, Entry: *e})
 	return nil
 }
 
-// Lookup implements Registry.
-func (l *Local) Lookup(key Key) (Entry, bool) {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if t := l.read(key.Env); t != nil {
-		if s, ok := t.unique[key.Name]; ok {
-			return *s.e, true
-		}
-	}
-	return Entry{}, false
-}
+// Lookup implements Registry. It is lock-free.
+func (l *Local) Lookup(key Key) (Entry, bool) { return l.ix.lookup(key) }
 
-// Whereis implements Registry.
-func (l *Local) Whereis(key Key) (proc.PID, bool) {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if t := l.read(key.Env); t != nil {
-		if s, ok := t.unique[key.Name]; ok {
-			return s.pid, true
-		}
-	}
-	return proc.PID{}, false
-}
+// Whereis implements Registry. It is lock-free and allocates nothing.
+func (l *Local) Whereis(key Key) (proc.PID, bool) { return l.ix.whereis(key) }
 
 // UpdateMeta implements Registry.
 func (l *Local) UpdateMeta(_ context.Context, key Key, pid proc.PID, meta Meta) error {
@@ -274,18 +205,20 @@ func (l *Local) updateMeta(kind Kind, key Key, pid proc.PID, meta Meta) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var e *Entry
-	if t := l.table(key.Env, false); t != nil {
-		if kind == Unique {
-			e = t.unique[key.Name].e
-		} else {
-			e = t.groups[key.Name][pid]
-		}
+	if kind == Unique {
+		e = l.ix.holder(key)
+	} else {
+		e = l.ix.member(key, pid)
 	}
 	if e == nil || e.PID != pid {
-		return fmt.Errorf("%w: %v holds no %s entry %q", ErrNotRegistered, pid, kind, key.String())
+		return notRegistered(kind, key, pid)
 	}
 	l.update(e, meta)
 	return nil
+}
+
+func notRegistered(kind Kind, key Key, pid proc.PID) error {
+	return fmt.Errorf("%w: %v holds no %s entry %q", ErrNotRegistered, pid, kind, key.String())
 }
 
 // Join implements Registry.
@@ -296,22 +229,16 @@ func (l *Local) Join(_ context.Context, key Key, pid proc.PID, meta Meta) error 
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	t := l.table(key.Env, true)
-	g := t.groups[key.Name]
-	if e := g[pid]; e != nil {
+	if e := l.ix.member(key, pid); e != nil {
 		l.update(e, meta)
 		return nil
 	}
 	if err := l.own(pid, Group, key); err != nil {
 		return err
 	}
-	if g == nil {
-		g = make(map[proc.PID]*Entry)
-		t.groups[key.Name] = g
-	}
 	e := &Entry{Kind: Group, Key: key, PID: pid, Meta: meta}
-	g[pid] = e
-	l.emit(Event{Type: Registered, Entry: *e})
+	l.ix.setMember(e)
+	l.ix.emit(Event{Type: Registered, Entry: *e})
 	return nil
 }
 
@@ -322,17 +249,13 @@ func (l *Local) Leave(_ context.Context, key Key, pid proc.PID) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	t := l.table(key.Env, false)
-	if t == nil {
-		return nil
-	}
-	e := t.groups[key.Name][pid]
+	e := l.ix.member(key, pid)
 	if e == nil {
 		return nil
 	}
-	l.removeMember(t, key.Name, pid)
+	l.ix.dropMember(key, pid)
 	l.disown(pid, Group, key)
-	l.emit(Event{Type: Unregistered, Entry: *e})
+	l.ix.emit(Event{Type: Unregistered, Entry: *e})
 	return nil
 }
 
@@ -340,17 +263,7 @@ func (l *Local) Leave(_ context.Context, key Key, pid proc.PID) error {
 func (l *Local) Members(key Key) []Entry {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	t := l.read(key.Env)
-	if t == nil {
-		return nil
-	}
-	g := t.groups[key.Name]
-	out := make([]Entry, 0, len(g))
-	for _, e := range g {
-		out = append(out, *e)
-	}
-	slices.SortFunc(out, func(a, b Entry) int { return ComparePIDs(a.PID, b.PID) })
-	return out
+	return l.ix.members(key)
 }
 
 // UpdateMemberMeta implements Registry.
@@ -358,81 +271,27 @@ func (l *Local) UpdateMemberMeta(_ context.Context, key Key, pid proc.PID, meta 
 	return l.updateMeta(Group, key, pid, meta)
 }
 
-// each calls fn for every entry q selects, in no particular order, with the
-// read lock held.
-func (l *Local) each(q *Query, fn func(*Entry)) {
-	visit := func(t *envTable) {
-		if q.Kind != Group {
-			for _, s := range t.unique {
-				if q.Matches(s.e) {
-					fn(s.e)
-				}
-			}
-		}
-		if q.Kind != Unique {
-			for _, g := range t.groups {
-				for _, e := range g {
-					if q.Matches(e) {
-						fn(e)
-					}
-				}
-			}
-		}
-	}
-	if q.AllEnvs {
-		for _, t := range l.envs {
-			visit(t)
-		}
-	} else if t := l.envs[q.Env]; t != nil {
-		visit(t)
-	}
-}
-
 // Select implements Registry. An invalid query selects nothing.
 func (l *Local) Select(q Query) []Entry {
-	if q.Validate() != nil {
-		return nil
-	}
 	l.mu.RLock()
-	var out []Entry
-	l.each(&q, func(e *Entry) { out = append(out, *e) })
-	l.mu.RUnlock()
-	slices.SortFunc(out, func(a, b Entry) int { return Less(&a, &b) })
-	if q.Limit > 0 && len(out) > q.Limit {
-		out = out[:q.Limit]
-	}
-	return out
+	defer l.mu.RUnlock()
+	return l.ix.selectq(q)
 }
 
 // Count implements Registry.
 func (l *Local) Count(q Query) int {
-	if q.Validate() != nil {
-		return 0
-	}
-	n := 0
 	l.mu.RLock()
-	l.each(&q, func(*Entry) { n++ })
-	l.mu.RUnlock()
-	return n
+	defer l.mu.RUnlock()
+	return l.ix.count(q)
 }
 
 // Watch implements Registry.
 func (l *Local) Watch(q Query, opts WatchOptions) *Watch {
-	w := NewWatch(q, func(w *Watch) {
-		l.mu.Lock()
-		delete(l.watches, w)
-		l.mu.Unlock()
-	})
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if opts.Replay {
-		var now []Entry
-		l.each(w.Query(), func(e *Entry) { now = append(now, *e) })
-		slices.SortFunc(now, func(a, b Entry) int { return Less(&a, &b) })
-		for _, e := range now {
-			w.Offer(Event{Type: Registered, Entry: e})
-		}
-	}
-	l.watches[w] = struct{}{}
-	return w
+	return l.ix.watch(q, opts, func(w *Watch) {
+		l.mu.Lock()
+		l.ix.unwatch(w)
+		l.mu.Unlock()
+	})
 }

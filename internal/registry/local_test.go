@@ -53,10 +53,29 @@ func TestLocalContract(t *testing.T) {
 	})
 }
 
-// The local backend releases names before anyone hears of the exit: a
-// monitor's Down finds the name gone, and the successor can take it.
-func TestLocalReleasesBeforeDown(t *testing.T) {
-	h, rt := localHarness(t)
+// backends are the registry backends every test here runs against.
+var backends = []struct {
+	name    string
+	harness func(t *testing.T) (registrytest.Harness, *proc.Runtime)
+}{
+	{"Local", localHarness},
+	{"Replicated", replicatedHarness},
+}
+
+func eachBackend(t *testing.T, fn func(t *testing.T, h registrytest.Harness, rt *proc.Runtime)) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			h, rt := b.harness(t)
+			fn(t, h, rt)
+		})
+	}
+}
+
+// Names are released before anyone hears of the exit: a monitor's Down
+// finds the name gone, and the successor can take it.
+func TestReleasesBeforeDown(t *testing.T) { eachBackend(t, testReleasesBeforeDown) }
+
+func testReleasesBeforeDown(t *testing.T, h registrytest.Harness, rt *proc.Runtime) {
 	r := h.Registry
 	pid := h.Spawn(t)
 	key := registry.K("", "held")
@@ -85,18 +104,20 @@ func TestLocalReleasesBeforeDown(t *testing.T) {
 	}
 }
 
-func TestLocalRejectsOtherNodesPIDs(t *testing.T) {
-	h, _ := localHarness(t)
-	remote := proc.PID{Node: proc.NodeID{Name: "far", Incarnation: 1}, ID: 1}
-	if err := h.Registry.Register(context.Background(), registry.K("", "x"), remote, registry.Meta{}); !errors.Is(err, registry.ErrInvalid) {
-		t.Fatalf("Register of a remote pid: %v", err)
-	}
+func TestRejectsOtherNodesPIDs(t *testing.T) {
+	eachBackend(t, func(t *testing.T, h registrytest.Harness, _ *proc.Runtime) {
+		remote := proc.PID{Node: proc.NodeID{Name: "far", Incarnation: 1}, ID: 1}
+		if err := h.Registry.Register(context.Background(), registry.K("", "x"), remote, registry.Meta{}); !errors.Is(err, registry.ErrInvalid) {
+			t.Fatalf("Register of a remote pid: %v", err)
+		}
+	})
 }
 
-func TestResolverRoutesNamesThroughProc(t *testing.T) {
-	h, rt := localHarness(t)
-	l := h.Registry.(*registry.Local)
-	rt.SetResolver(l.Resolver())
+func TestResolverRoutesNamesThroughProc(t *testing.T) { eachBackend(t, testResolverRoutes) }
+
+func testResolverRoutes(t *testing.T, h registrytest.Harness, rt *proc.Runtime) {
+	l := h.Registry
+	rt.SetResolver(l.(interface{ Resolver() proc.Resolver }).Resolver())
 	got := make(chan any, 1)
 	pid, _ := rt.SpawnProcess(&Func{OnInfo: func(_ *proc.Context, m any) { got <- m }}, nil)
 	if err := l.Register(context.Background(), registry.K("tenant", "inbox"), pid, registry.Meta{}); err != nil {
@@ -175,22 +196,39 @@ func FuzzMatch(f *testing.F) {
 // BenchmarkLookup reads random names among 100k: Whereis against a bare Go
 // map read of the same keys, so the figure means something on a noisy
 // machine.
+// benchBackends are the backends benchmarks compare.
+var benchBackends = []struct {
+	name string
+	new  func(b *testing.B, rt *proc.Runtime) registry.Registry
+}{
+	{"Local", func(_ *testing.B, rt *proc.Runtime) registry.Registry { return registry.NewLocal(rt) }},
+	{"Replicated", func(b *testing.B, rt *proc.Runtime) registry.Registry { return newReplicated(b, rt) }},
+}
+
 func BenchmarkLookup(b *testing.B) {
-	rt, err := proc.New(proc.Config{Node: proc.NodeID{Name: "bench", Incarnation: 1}})
-	if err != nil {
-		b.Fatal(err)
+	for _, bb := range benchBackends {
+		b.Run(bb.name, func(b *testing.B) {
+			rt := NewRuntime(b)
+			benchLookup(b, bb.new(b, rt), rt)
+		})
 	}
-	r := registry.NewLocal(rt)
+}
+
+func benchLookup(b *testing.B, r registry.Registry, rt *proc.Runtime) {
 	const n = 100_000
 	pid, _ := rt.SpawnProcess(stoppable(), nil)
 	keys := make([]registry.Key, n)
 	bare := make(map[string]proc.PID, n)
 	for i := range keys {
-		keys[i] = registry.K("", fmt.Sprintf("game:%d", i))
-		if err := r.Register(context.Background(), keys[i], pid, registry.Meta{}); err != nil {
+		stored := registry.K("", fmt.Sprintf("game:%d", i))
+		if err := r.Register(context.Background(), stored, pid, registry.Meta{}); err != nil {
 			b.Fatal(err)
 		}
-		bare[keys[i].Name] = pid
+		bare[stored.Name] = pid
+		// Lookups come with names of their own (from a message, a
+		// request), not the registry's copy: compare them byte by byte,
+		// as in use.
+		keys[i] = registry.K("", strings.Clone(stored.Name))
 	}
 	order := rand.Perm(n)
 	b.Run("Whereis", func(b *testing.B) {
@@ -257,11 +295,15 @@ func BenchmarkLookup(b *testing.B) {
 // name per op, by a process that holds other names (so the exit hook is
 // installed once, as in steady use).
 func BenchmarkRegisterUnregister(b *testing.B) {
-	rt, err := proc.New(proc.Config{Node: proc.NodeID{Name: "bench", Incarnation: 1}})
-	if err != nil {
-		b.Fatal(err)
+	for _, bb := range benchBackends {
+		b.Run(bb.name, func(b *testing.B) {
+			rt := NewRuntime(b)
+			benchRegisterUnregister(b, bb.new(b, rt), rt)
+		})
 	}
-	r := registry.NewLocal(rt)
+}
+
+func benchRegisterUnregister(b *testing.B, r registry.Registry, rt *proc.Runtime) {
 	pid, _ := rt.SpawnProcess(stoppable(), nil)
 	ctx := context.Background()
 	_ = r.Register(ctx, registry.K("", "anchor"), pid, registry.Meta{})

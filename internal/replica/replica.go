@@ -351,6 +351,10 @@ func (r *Replicas) reconcileMap(mp *Map, now time.Time) {
 	}
 }
 
+// Now returns a reading of the node's hybrid logical clock: later than
+// every timestamp this node has made or seen.
+func (r *Replicas) Now() crdt.Timestamp { return r.now() }
+
 func (r *Replicas) now() crdt.Timestamp {
 	r.clockMu.Lock()
 	defer r.clockMu.Unlock()
@@ -999,6 +1003,7 @@ type Map struct {
 	dirty     map[string]struct{}
 	metaDirty bool
 	watches   []*Watch
+	observers []func(crdt.Change)
 }
 
 // Name returns the map's name.
@@ -1198,7 +1203,26 @@ func (w *Watch) Close() {
 	w.q.Close()
 }
 
+// Observe makes fn see the map's contents and then every change of a key's
+// reading on this node, as it is made: first each key present, as a change
+// from nothing, then each change, synchronously, in order, with the map
+// locked. fn must be quick and must not call the map's methods; a write's
+// changes have all been observed when the write returns. It is how derived
+// indexes stay exact.
+func (mp *Map) Observe(fn func(crdt.Change)) {
+	mp.mu.Lock()
+	defer mp.mu.Unlock()
+	mp.m.Range(func(key string, v crdt.Version) bool {
+		fn(crdt.Change{Key: key, New: &v})
+		return true
+	})
+	mp.observers = append(mp.observers, fn)
+}
+
 func (mp *Map) changed(c crdt.Change) {
+	for _, fn := range mp.observers {
+		fn(c)
+	}
 	for _, w := range mp.watches {
 		w.q.Push(c)
 	}
