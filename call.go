@@ -18,12 +18,23 @@ var (
 // Call calls the target through c and returns the reply as an R. A reply of
 // another type is an error matching ErrBadReply; a nil reply is R's zero
 // value. When the call fails, the reply is still returned if it is an R
-// (HandleCall may return both).
+// (HandleCall may return both). WaitForName makes a call to a name ride
+// through a failover.
 //
 //	state, err := herd.Call[GameState](ctx, node, herd.Name("game:42"), GetGame{})
-func Call[R any](ctx context.Context, c Caller, to Target, msg any) (R, error) {
+func Call[R any](ctx context.Context, c Caller, to Target, msg any, opts ...CallOption) (R, error) {
 	var zero R
-	v, err := c.Call(ctx, to, msg)
+	var o callOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var v any
+	var err error
+	if o.waitName {
+		v, err = withName(ctx, nodeOfCaller(c), to, func(pid PID) (any, error) { return c.Call(ctx, pid, msg) })
+	} else {
+		v, err = c.Call(ctx, to, msg)
+	}
 	if v == nil {
 		return zero, err
 	}

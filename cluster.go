@@ -201,6 +201,7 @@ func (n *Node) startCluster(ctx context.Context, cfg *Config, opts []StartOption
 		return fmt.Errorf("herd: %w", err)
 	}
 	rc := remote.New(remote.Config{Runtime: n.rt, Codec: n.codec, Errors: n.errs, Members: mem, Logger: n.log})
+	rc.Handle(getOrStartService, n.serveGetOrStart)
 	tr, err := transport.New(transport.Config{
 		Self: n.id, Listener: ln, Advertise: advertise, TLS: tlsID, Dial: o.Dial, Handler: mux{rc, n.reps}, Logger: n.log,
 	})
@@ -210,6 +211,7 @@ func (n *Node) startCluster(ctx context.Context, cfg *Config, opts []StartOption
 		return fmt.Errorf("herd: %w", err)
 	}
 	rc.Attach(tr)
+	n.mem.Store(mem)
 	n.reps.Attach(tr, mem)
 	n.rt.SetRemote(rc)
 	n.cl = &cluster{mem: mem, tr: tr, remote: rc}
@@ -234,6 +236,7 @@ func newCodec() *codec.Registry {
 	codec.MustRegister[NodeID](r, "herd.NodeID")
 	codec.MustRegister[[]string](r, "[]string")
 	codec.MustRegister[map[string]string](r, "map[string]string")
+	codec.MustRegister[*getOrStartReq](r, getOrStartService)
 	return r
 }
 
@@ -362,6 +365,7 @@ func (n *Node) Halt() {
 			n.cl.remote.Close()
 		}
 		n.reps.Halt()
+		n.reg.Close()
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		_ = n.rt.Shutdown(ctx) // an ended context: everything is killed

@@ -2,6 +2,7 @@ package herd
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -95,6 +96,9 @@ func (n *Node) Map(name string, opts ...MapOption) (*Map, error) {
 	}
 	if name == "" {
 		return nil, fmt.Errorf("herd: map name is empty")
+	}
+	if strings.HasPrefix(name, reservedMaps) {
+		return nil, fmt.Errorf("herd: map name %q: names starting with %q are herd's own", name, reservedMaps)
 	}
 	mp, err := n.reps.Open(name, o.resolve, o.durable)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/herdkit/herd/internal/codec"
@@ -83,6 +84,12 @@ type Config struct {
 	// file, herd.db): replicated maps opened with MapDurable. One node
 	// per directory.
 	DataDir string
+
+	// NameResolver, if set, decides which registration of a unique name
+	// keeps it when a healed partition finds it held twice. Default: the
+	// earliest registration, then the lower node identity. Every node of
+	// a cluster must use the same.
+	NameResolver NameResolver
 }
 
 // startReplicas opens the node's replicated maps, with what its data
@@ -120,7 +127,8 @@ var nodeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
 type Node struct {
 	id       NodeID
 	rt       *proc.Runtime
-	reg      *registry.Local
+	reg      *registry.Replicated
+	mem      atomic.Pointer[membership.Membership] // set once clustered
 	log      *slog.Logger
 	stopWait time.Duration
 	codec    *codec.Registry
@@ -130,6 +138,8 @@ type Node struct {
 
 	mapsMu sync.Mutex
 	maps   map[string]*Map
+
+	flights flights // GetOrStart decisions in progress here
 
 	stopOnce sync.Once
 	stopErr  error
@@ -174,9 +184,11 @@ func Start(ctx context.Context, cfg Config, opts ...StartOption) (*Node, error) 
 		return nil, fmt.Errorf("herd: %w", err)
 	}
 	n.rt = rt
-	n.reg = registry.NewLocal(rt)
-	rt.SetResolver(n.reg.Resolver())
 	if n.reps, err = startReplicas(&cfg, n.id, n.log); err != nil {
+		return nil, err
+	}
+	if err := n.startRegistry(&cfg); err != nil {
+		n.reps.Close()
 		return nil, err
 	}
 	if cfg.Bind != "" {
@@ -232,6 +244,7 @@ func (n *Node) Stop(ctx context.Context) error {
 			n.cl.tr.Close()
 			n.cl.remote.Close()
 		}
+		n.reg.Close()
 		if err := n.reps.Close(); err != nil {
 			n.log.Error("closing replicated maps", "err", err)
 		}

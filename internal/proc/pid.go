@@ -60,6 +60,9 @@ func (p PID) appendText(b []byte) []byte {
 	return strconv.AppendUint(b, p.ID, 10)
 }
 
+// AppendText appends p's text form to b.
+func (p PID) AppendText(b []byte) ([]byte, error) { return p.appendText(b), nil }
+
 // MarshalText encodes p as "name@incarnation.id"; the zero PID as "".
 func (p PID) MarshalText() ([]byte, error) {
 	if p.IsZero() {

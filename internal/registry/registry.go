@@ -353,6 +353,22 @@ func Match(pattern, name string) bool {
 	return p == len(pattern)
 }
 
+// QuoteName returns a pattern that matches name alone: its '*', '?' and
+// '\' escaped.
+func QuoteName(name string) string {
+	if !strings.ContainsAny(name, `*?\`) {
+		return name
+	}
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c == '*' || c == '?' || c == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(name[i])
+	}
+	return b.String()
+}
+
 // Less orders entries as Select returns them.
 func Less(a, b *Entry) int {
 	if c := strings.Compare(a.Key.Env, b.Key.Env); c != 0 {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/herdkit/herd/internal/crdt"
 	"github.com/herdkit/herd/internal/proc"
@@ -223,7 +224,11 @@ func TestEntryKeyRoundTrip(t *testing.T) {
 		{Unique, K("", "game:1"), remotePID("n1", 1)},
 		{Group, K("tenant", "room\x00with nul"), proc.PID{Node: proc.NodeID{Name: "x", Incarnation: 1 << 62}, ID: 1 << 40}},
 	} {
-		kind, key, pid, err := parseEntryKey(entryKey(c.kind, c.key, c.pid))
+		s := entryKey(c.kind, c.key, c.pid)
+		if !utf8.ValidString(s) {
+			t.Errorf("key %q is not UTF-8: the replica's wire refuses it", s)
+		}
+		kind, key, pid, err := parseEntryKey(s)
 		if err != nil || kind != c.kind || key != c.key || pid != c.pid {
 			t.Errorf("round trip of %+v: %v %v %v %v", c, kind, key, pid, err)
 		}
@@ -247,9 +252,16 @@ func FuzzEntry(f *testing.F) {
 	f.Add(entryKey(Unique, K("env", "name"), remotePID("n", 3)), v)
 	f.Add(entryKey(Group, K("", "g"), remotePID("m", 1)), []byte{1, 0, 0, 0, 0, 0, 0, 0, 1})
 	f.Fuzz(func(t *testing.T, key string, value []byte) {
-		if _, k, pid, err := parseEntryKey(key); err == nil {
+		if kind, k, pid, err := parseEntryKey(key); err == nil {
 			if k.Validate() != nil || pid.IsZero() {
 				t.Fatalf("accepted an invalid key %+v %v", k, pid)
+			}
+			again := entryKey(kind, k, pid)
+			if !utf8.ValidString(again) {
+				t.Fatalf("re-encoded key %q is not UTF-8", again)
+			}
+			if kind2, k2, pid2, err := parseEntryKey(again); err != nil || kind2 != kind || k2 != k || pid2 != pid {
+				t.Fatalf("re-encoded key %q reads back as %v %v %v %v", again, kind2, k2, pid2, err)
 			}
 		}
 		if _, m, err := parseEntryValue(value); err == nil {

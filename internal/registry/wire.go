@@ -4,6 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/fxamacker/cbor/v2"
 
@@ -14,8 +17,9 @@ import (
 // How the cluster backend stores an entry in its replicated map. Each entry
 // is a key of its own, written only by the node its process runs on:
 //
-//	key:   kind byte ('u' or 'g'), then uvarint-length-prefixed env, name
-//	       and node name, then uvarint incarnation and process id
+//	key:   kind ('u' or 'g'), then the environment and the name, each as
+//	       its length in decimal, ':' and its bytes, then the PID's text
+//	       ("node@incarnation.id"); all of it UTF-8, as map keys must be
 //	value: format byte (1), registration time (8 bytes, big endian, the
 //	       hybrid clock's reading), then the metadata in CBOR, or nothing
 //	       for empty metadata
@@ -52,12 +56,13 @@ var (
 )
 
 func appendString(b []byte, s string) []byte {
-	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
+	b = strconv.AppendInt(b, int64(len(s)), 10)
+	return append(append(b, ':'), s...)
 }
 
 // entryKey is the replicated key of an entry.
 func entryKey(kind Kind, key Key, pid proc.PID) string {
-	b := make([]byte, 0, 8+len(key.Env)+len(key.Name)+len(pid.Node.Name)+20)
+	b := make([]byte, 0, 48+len(key.Env)+len(key.Name)+len(pid.Node.Name))
 	if kind == Unique {
 		b = append(b, keyUnique)
 	} else {
@@ -65,26 +70,22 @@ func entryKey(kind Kind, key Key, pid proc.PID) string {
 	}
 	b = appendString(b, key.Env)
 	b = appendString(b, key.Name)
-	b = appendString(b, pid.Node.Name)
-	b = binary.AppendUvarint(b, pid.Node.Incarnation)
-	b = binary.AppendUvarint(b, pid.ID)
+	b, _ = pid.AppendText(b)
 	return string(b)
 }
 
+// readString reads what appendString wrote, and the rest.
 func readString(s string) (string, string, bool) {
-	n, w := binary.Uvarint([]byte(s[:min(len(s), binary.MaxVarintLen64)]))
-	if w <= 0 || n > uint64(len(s)-w) {
+	colon := strings.IndexByte(s, ':')
+	if colon <= 0 || colon > 7 || (colon > 1 && s[0] == '0') {
 		return "", "", false
 	}
-	return s[w : w+int(n)], s[w+int(n):], true
-}
-
-func readUint(s string) (uint64, string, bool) {
-	n, w := binary.Uvarint([]byte(s[:min(len(s), binary.MaxVarintLen64)]))
-	if w <= 0 {
-		return 0, "", false
+	n, err := strconv.Atoi(s[:colon])
+	if err != nil || n < 0 || n > len(s)-colon-1 {
+		return "", "", false
 	}
-	return n, s[w:], true
+	s = s[colon+1:]
+	return s[:n], s[n:], true
 }
 
 // parseEntryKey reads a replicated key back, checking it as a write would.
@@ -111,17 +112,8 @@ func parseEntryKey(s string) (kind Kind, key Key, pid proc.PID, err error) {
 	if key.Name, rest, ok = readString(rest); !ok {
 		return bad("name")
 	}
-	if pid.Node.Name, rest, ok = readString(rest); !ok || pid.Node.Name == "" {
-		return bad("node")
-	}
-	if pid.Node.Incarnation, rest, ok = readUint(rest); !ok {
-		return bad("incarnation")
-	}
-	if pid.ID, rest, ok = readUint(rest); !ok || pid.ID == 0 {
-		return bad("process id")
-	}
-	if rest != "" {
-		return bad("trailing bytes")
+	if pid, err = proc.ParsePID(rest); err != nil || pid.IsZero() || !utf8.ValidString(pid.Node.Name) {
+		return bad("process")
 	}
 	if err := key.Validate(); err != nil {
 		return 0, Key{}, proc.PID{}, fmt.Errorf("%w: %w", errBadEntry, err)

@@ -48,9 +48,16 @@ type Cluster struct {
 	wg   sync.WaitGroup
 	refs atomic.Uint64 // for monitors by function, which have no watcher
 
-	mu    sync.Mutex
-	peers map[proc.NodeID]*peerIndex
+	mu       sync.Mutex
+	peers    map[proc.NodeID]*peerIndex
+	services map[string]Service
 }
+
+// Service answers what other nodes Ask of this one by name. It runs on a
+// goroutine of its own; ctx ends at the asker's deadline. Its error reaches
+// the asker as an exit reason would (registered errors keep their
+// identity).
+type Service func(ctx context.Context, from proc.NodeID, body []byte) ([]byte, error)
 
 // peerIndex is what crosses to one peer: monitors held here on its
 // processes, monitors it holds on processes here, and links between them.
@@ -90,8 +97,66 @@ func New(cfg Config) *Cluster {
 	}
 	return &Cluster{
 		rt: cfg.Runtime, cdc: cfg.Codec, errs: cfg.Errors, mem: cfg.Members, log: cfg.Logger,
-		done: make(chan struct{}), peers: make(map[proc.NodeID]*peerIndex),
+		done: make(chan struct{}), peers: make(map[proc.NodeID]*peerIndex), services: make(map[string]Service),
 	}
+}
+
+// Handle makes fn answer requests for the service called name. Call it
+// before Attach.
+func (c *Cluster) Handle(name string, fn Service) {
+	c.mu.Lock()
+	c.services[name] = fn
+	c.mu.Unlock()
+}
+
+// Ask sends body to the service called name on node and returns its
+// answer. A lost node is ErrNodeDown.
+func (c *Cluster) Ask(ctx context.Context, node proc.NodeID, name string, body []byte) ([]byte, error) {
+	p, err := c.peer(node)
+	if err != nil {
+		return nil, err
+	}
+	req := &ctl{Kind: name, Body: body}
+	if d, ok := ctx.Deadline(); ok {
+		req.Deadline = d.UnixNano()
+	}
+	frame, err := encodeCtl(opService, req)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.tr.Request(ctx, p, frame)
+	if err != nil {
+		return nil, netErr(node, err)
+	}
+	var r reply
+	if err := wireDec.Unmarshal(resp, &r); err != nil {
+		return nil, fmt.Errorf("%s on %v: %w: %v", name, node, errMalformed, err)
+	}
+	if r.Err != nil {
+		return nil, c.errs.decode(r.Err)
+	}
+	return r.Body, nil
+}
+
+// serve answers a service request.
+func (c *Cluster) serve(from proc.NodeID, m *ctl, answer func(reply)) {
+	c.mu.Lock()
+	fn := c.services[m.Kind]
+	c.mu.Unlock()
+	if fn == nil {
+		answer(reply{Err: c.errs.encode(fmt.Errorf("remote: no service %q on %v", m.Kind, c.rt.Node()), 0)})
+		return
+	}
+	go func() {
+		ctx := context.Background()
+		if m.Deadline != 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, time.Unix(0, m.Deadline))
+			defer cancel()
+		}
+		body, err := fn(ctx, from, m.Body)
+		answer(reply{Body: body, Err: c.errs.encode(err, 0)})
+	}()
 }
 
 // Attach gives the cluster its transport (built with the cluster as its
@@ -563,6 +628,8 @@ func (c *Cluster) Request(from proc.NodeID, payload []byte, respond func([]byte)
 	switch o {
 	case opCall:
 		c.call(from, m, answer)
+	case opService:
+		c.serve(from, m, answer)
 	case opSpawn:
 		go func() {
 			var args any

@@ -28,6 +28,7 @@ const (
 	opLinkExit
 	opCall
 	opSpawn
+	opService
 	opEnd
 )
 
@@ -39,7 +40,7 @@ type ctl struct {
 	Ref      uint64
 	Reason   *wireError
 	Body     []byte // an encoded message, or spawn arguments
-	Kind     string // spawn
+	Kind     string // spawn: the kind; service: the service's name
 	Deadline int64  // call: the caller's deadline, unix nanoseconds; 0 for none
 }
 
