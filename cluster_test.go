@@ -54,7 +54,7 @@ func (p *probe) Init(c *herd.Context, args any) error {
 func (p *probe) HandleInfo(_ *herd.Context, m any) { p.note <- m }
 func (p *probe) HandleCast(_ *herd.Context, m any) { p.note <- m }
 
-func newCluster(t *testing.T, n int, opts ...herdtest.Option) *herdtest.Cluster {
+func newCluster(t testing.TB, n int, opts ...herdtest.Option) *herdtest.Cluster {
 	t.Helper()
 	return herdtest.NewCluster(t, n, append([]herdtest.Option{herdtest.WithSetup(setup)}, opts...)...)
 }

@@ -70,7 +70,7 @@ func (p *named) HandleInfo(c *herd.Context, msg any) {
 	}
 }
 
-func registryCluster(t *testing.T, n int, lost *conflicts, opts ...herdtest.Option) *herdtest.Cluster {
+func registryCluster(t testing.TB, n int, lost *conflicts, opts ...herdtest.Option) *herdtest.Cluster {
 	t.Helper()
 	return newCluster(t, n, append(opts, herdtest.WithSetup(func(_ int, node *herd.Node) {
 		if err := herd.RegisterKind(node, "named", func() herd.Process { return &named{lost: lost} }); err != nil {
@@ -510,5 +510,56 @@ func TestCallByNameRidesThroughFailover(t *testing.T) {
 	spawnNamed(t, c.Node(1), herd.Key{Name: "later"}, herd.Meta{})
 	if err := <-done; err != nil {
 		t.Fatalf("waiting send: %v", err)
+	}
+}
+
+// A node that stops gracefully takes its names with it, everywhere.
+func TestRegistryNodeLeaves(t *testing.T) {
+	c := registryCluster(t, 3, &conflicts{})
+	for i := range 10 {
+		spawnNamed(t, c.Node(2), herd.Key{Name: fmt.Sprint("leaving:", i)}, herd.Meta{})
+	}
+	c.Eventually(t, func() bool { return c.Node(0).Registry().Count(herd.Query{Pattern: "leaving:*"}) == 10 }, "names seen on n1")
+	c.Stop(2)
+	for _, i := range []int{0, 1} {
+		c.Eventually(t, func() bool { return c.Node(i).Registry().Count(herd.Query{}) == 0 }, "the stopped node's names gone")
+	}
+}
+
+// Config.NameResolver replaces earliest-registration-wins on every node:
+// here the registration on n2 keeps the name, though n1's came first (n2
+// had seen it before the partition, so its own is later by causality).
+func TestRegistryNameResolver(t *testing.T) {
+	lost := &conflicts{}
+	onN2 := func(_ herd.Key, claims []herd.NameClaim) int {
+		for i, c := range claims {
+			if c.Entry.PID.Node.Name == "n2" {
+				return i
+			}
+		}
+		return 0
+	}
+	c := registryCluster(t, 2, lost, herdtest.WithConfig(func(_ int, cfg *herd.Config) { cfg.NameResolver = onN2 }))
+	key := herd.Key{Name: "contested"}
+	first := spawnNamed(t, c.Node(0), key, herd.Meta{})
+	c.Eventually(t, func() bool { _, ok := c.Node(1).Registry().Whereis(key); return ok }, "n2 sees n1's registration")
+	c.Partition([]int{0}, []int{1})
+	c.Eventually(t, func() bool {
+		m, ok := c.Node(1).Member(c.Node(0).ID())
+		return !ok || m.Status.Ended()
+	}, "n2 declares n1 dead")
+	second := spawnNamed(t, c.Node(1), key, herd.Meta{})
+	c.Heal()
+	c.WaitConverged()
+	c.Eventually(t, func() bool {
+		for _, n := range c.Nodes() {
+			if pid, _ := n.Registry().Whereis(key); pid != second || len(n.NameClaims(key)) != 1 {
+				return false
+			}
+		}
+		return len(lost.snapshot()) == 1
+	}, "n2's registration holds the name everywhere")
+	if nc := lost.snapshot()[first]; nc == nil || nc.Winner != second {
+		t.Fatalf("the earlier registration was told %+v", nc)
 	}
 }

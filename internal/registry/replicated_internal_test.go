@@ -3,8 +3,11 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -270,4 +273,73 @@ func FuzzEntry(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The holder is a pure function of the registrations a node holds: two
+// nodes that apply the same registrations and withdrawals, in different
+// orders, read every name alike, with the same candidates in the same
+// order. (The replicated map guarantees they end up holding the same
+// registrations; the simulator of package crdt checks that.)
+func TestHolderIsAFunctionOfRegistrations(t *testing.T) {
+	for seed := range uint64(200) {
+		rng := rand.New(rand.NewPCG(seed, 11))
+		type op struct {
+			key  Key
+			pid  proc.PID
+			at   crdt.Timestamp
+			gone bool
+		}
+		var ops []op
+		for i := range 30 {
+			key := K("", fmt.Sprint("n", rng.IntN(4)))
+			pid := remotePID(string(rune('b'+rng.IntN(4))), uint64(i+1))
+			at := crdt.MakeTimestamp(1000+int64(rng.IntN(5)), uint16(rng.IntN(2)))
+			ops = append(ops, op{key: key, pid: pid, at: at})
+			if rng.IntN(3) == 0 {
+				ops = append(ops, op{key: key, pid: pid, gone: true})
+			}
+		}
+		apply := func(f *conflictFixture, order []op) {
+			for _, o := range order {
+				if o.gone {
+					f.r.observe(crdt.Change{Key: entryKey(Unique, o.key, o.pid), Old: &crdt.Version{}})
+				} else {
+					f.arrive(o.key, o.pid, o.at)
+				}
+			}
+		}
+		a, b := newConflictFixture(t, nil), newConflictFixture(t, nil)
+		apply(a, ops)
+		// Another order that keeps each withdrawal after its registration.
+		shuffled := slices.Clone(ops)
+		rng.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+		var adds, removes []op
+		for _, o := range shuffled {
+			if o.gone {
+				removes = append(removes, o)
+			} else {
+				adds = append(adds, o)
+			}
+		}
+		apply(b, append(adds, removes...))
+		for k := range 4 {
+			key := K("", fmt.Sprint("n", k))
+			ca, cb := a.r.Candidates(key), b.r.Candidates(key)
+			if !slices.EqualFunc(ca, cb, func(x, y Candidate) bool { return x.Entry.PID == y.Entry.PID && x.At == y.At }) {
+				t.Fatalf("seed %d: %v: candidates differ:\n%+v\n%+v", seed, key, ca, cb)
+			}
+			ha, oka := a.r.Whereis(key)
+			hb, okb := b.r.Whereis(key)
+			if ha != hb || oka != okb || (oka && ha != ca[0].Entry.PID) {
+				t.Fatalf("seed %d: %v: holders %v %v", seed, key, ha, hb)
+			}
+			for i := 1; i < len(ca); i++ {
+				if compareCandidates(ca[i-1], ca[i]) >= 0 {
+					t.Fatalf("seed %d: candidates out of order: %+v", seed, ca)
+				}
+			}
+		}
+		a.r.Close()
+		b.r.Close()
+	}
 }
