@@ -74,3 +74,54 @@ func TestOneSidedDeathIsRepairedAndDownsStillArrive(t *testing.T) {
 		t.Fatal("no Down for a monitor of a process that exited")
 	}
 }
+
+// A GetOrStart request that does not parse, or asks for nothing valid, is
+// refused with an error and starts nothing.
+func TestServeGetOrStartRefusesBadRequests(t *testing.T) {
+	n, err := Start(context.Background(), Config{Name: "arbiter", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Stop(context.Background())
+	if err := RegisterKind(n, "idle", func() Process { return &idle{} }); err != nil {
+		t.Fatal(err)
+	}
+	valid := func(r getOrStartReq) []byte {
+		b, err := n.codec.Encode(&r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	nilReq, _ := n.codec.Encode((*getOrStartReq)(nil))
+	for i, body := range [][]byte{
+		nil,
+		{0xff, 0x00},
+		nilReq,
+		valid(getOrStartReq{Key: Key{Name: ""}, Kind: "idle"}),
+		valid(getOrStartReq{Key: Key{Env: "a/b", Name: "x"}, Kind: "idle"}),
+		valid(getOrStartReq{Key: Key{Name: "x"}, Kind: "no-such-kind"}),
+		valid(getOrStartReq{Key: Key{Name: "x"}, Kind: "idle", Args: []byte{0xff}}),
+		valid(getOrStartReq{Key: Key{Name: "x"}, Kind: "idle", Meta: Meta{Capabilities: []string{""}}}),
+	} {
+		if _, err := n.serveGetOrStart(context.Background(), NodeID{Name: "peer", Incarnation: 1}, body); err == nil {
+			t.Errorf("request %d was accepted", i)
+		}
+	}
+	if got := n.CountProcesses(); got != 0 {
+		t.Fatalf("bad requests started %d processes", got)
+	}
+	if _, ok := n.Registry().Whereis(Key{Name: "x"}); ok {
+		t.Fatal("a bad request registered a name")
+	}
+	// A good one starts the process, once.
+	b := valid(getOrStartReq{Key: Key{Name: "x"}, Kind: "idle"})
+	first, err := n.serveGetOrStart(context.Background(), NodeID{Name: "peer", Incarnation: 1}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _ := n.serveGetOrStart(context.Background(), NodeID{Name: "peer", Incarnation: 1}, b)
+	if string(first) != string(again) || n.CountProcesses() != 1 {
+		t.Fatalf("a repeated request started another process (%d running)", n.CountProcesses())
+	}
+}

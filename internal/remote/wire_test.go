@@ -91,6 +91,8 @@ func TestErrorDepthIsBounded(t *testing.T) {
 func FuzzFrame(f *testing.F) {
 	ctlFrame, _ := encodeCtl(opMonitor, &ctl{Ref: 7, Reason: NewErrors().encode(fmt.Errorf("x: %w", proc.Killed), 0)})
 	f.Add(ctlFrame)
+	svcFrame, _ := encodeCtl(opService, &ctl{Kind: "herd.getOrStart", Body: []byte{0xa0}, Deadline: 1})
+	f.Add(svcFrame)
 	f.Add(sendHeader(nil, opSend, 42))
 	f.Add([]byte{byte(opCall), 0x80})
 	f.Add([]byte{})
