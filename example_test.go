@@ -129,3 +129,24 @@ func ExampleMap() {
 	fmt.Println(string(v), ok, scores.Len())
 	// Output: 10 true 1
 }
+
+// GetOrStart finds the holder of a name or starts one: callers racing on
+// any nodes of a connected cluster get the same process.
+func ExampleNode_GetOrStart() {
+	ctx := context.Background()
+	node := quietNode("n1")
+	defer node.Stop(ctx)
+
+	herd.RegisterKind(node, "greeter", func() herd.Process { return &Greeter{} })
+	spec := herd.StartSpec{Kind: "greeter", Args: "Welcome", Meta: herd.Meta{Labels: map[string]string{"room": "7"}}}
+	first, _ := node.GetOrStart(ctx, herd.Key{Env: "lobby", Name: "host"}, spec)
+	again, _ := node.GetOrStart(ctx, herd.Key{Env: "lobby", Name: "host"}, spec)
+	fmt.Println(first == again)
+
+	// WaitForName rides through a moment without a holder (a failover).
+	reply, err := herd.Call[string](ctx, node, herd.InEnv("lobby", "host"), "player", herd.WaitForName())
+	fmt.Println(reply, err)
+	// Output:
+	// true
+	// Welcome, player <nil>
+}
