@@ -563,3 +563,38 @@ func TestRegistryNameResolver(t *testing.T) {
 		t.Fatalf("the earlier registration was told %+v", nc)
 	}
 }
+
+// GetOrStart whose arbiter is killed: asked again, the next arbiter (once
+// membership declares the old one dead) starts the process on a survivor.
+func TestGetOrStartArbiterLost(t *testing.T) {
+	c := registryCluster(t, 3, &conflicts{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	spec := herd.StartSpec{Kind: "named"}
+	// The arbiter starts the process on itself: find a name n3 arbitrates.
+	var key herd.Key
+	for i := 0; ; i++ {
+		key = herd.Key{Name: fmt.Sprint("arbitrated:", i)}
+		pid, err := c.Node(0).GetOrStart(ctx, key, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pid.Node == c.Node(2).ID() {
+			break
+		}
+	}
+	c.Kill(2)
+	// Straight after the kill, n1 may still read the name and count n3 as
+	// up: GetOrStart must neither fail nor return the dead holder for good.
+	c.Eventually(t, func() bool {
+		pid, err := c.Node(0).GetOrStart(ctx, key, spec)
+		if err != nil {
+			t.Fatalf("get or start with the arbiter lost: %v", err)
+		}
+		return pid.Node != c.Node(2).ID()
+	}, "a survivor started the name")
+	pid, _ := c.Node(1).GetOrStart(ctx, key, spec)
+	if got, _ := c.Node(0).GetOrStart(ctx, key, spec); got != pid {
+		t.Fatalf("the survivors disagree: %v and %v", got, pid)
+	}
+}
