@@ -256,12 +256,15 @@ func (r *Replicated) applyName(key Key, pid proc.PID, e *Entry, at crdt.Timestam
 	}
 	if e != nil {
 		cs = append(slices.Clone(cs), Candidate{Entry: *e, At: at})
-		slices.SortFunc(cs, compareCandidates)
 	}
-	if len(cs) > 1 && r.resolve != nil {
-		if w := r.resolve(key, cs); w > 0 && w < len(cs) {
-			cs = slices.Clone(cs)
-			cs[0], cs[w] = cs[w], cs[0]
+	if len(cs) > 1 {
+		// The default order, always, so a resolver sees the same input
+		// on every node whatever order the registrations came in.
+		slices.SortFunc(cs, compareCandidates)
+		if r.resolve != nil {
+			if w := r.resolve(key, slices.Clone(cs)); w > 0 && w < len(cs) {
+				cs[0], cs[w] = cs[w], cs[0]
+			}
 		}
 	}
 	if len(cs) == 0 {
