@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -469,14 +468,15 @@ func TestCallByNameRidesThroughFailover(t *testing.T) {
 	// when it goes.
 	w := c.Node(1).Registry().Watch(herd.Query{Pattern: key.Name}, herd.WatchOptions{})
 	defer w.Close()
-	var restarted atomic.Value
+	restarted := make(chan herd.PID, 1)
 	go func() {
 		for ev := range w.Events() {
 			if ev.Type == herd.Unregistered {
 				pid, err := c.Node(1).GetOrStart(ctx, key, herd.StartSpec{Kind: "named"})
-				if err == nil {
-					restarted.Store(pid)
+				if err != nil {
+					t.Errorf("restarting the name: %v", err)
 				}
+				restarted <- pid
 				return
 			}
 		}
@@ -491,7 +491,9 @@ func TestCallByNameRidesThroughFailover(t *testing.T) {
 	if got == old || got.Node == old.Node {
 		t.Fatalf("answered by %v, the old holder was %v", got, old)
 	}
-	if r, _ := restarted.Load().(herd.PID); r != got {
+	// The restart may answer the call before GetOrStart has returned to
+	// the goroutine that asked for it.
+	if r := recv(t, restarted); r != got {
 		t.Fatalf("answered by %v, the restarted process is %v", got, r)
 	}
 	// Without the option, a call to a name nobody holds fails at once.

@@ -348,10 +348,9 @@ func (r *Replicated) actOnLosers() {
 		}
 		r.mu.RUnlock()
 		if lost {
-			if _, err := r.mp.Delete(entryKey(Unique, l.key, l.pid)); err != nil {
+			if err := r.remove(Unique, l.key, l.pid); err != nil {
 				r.log.Warn("registry: removing a lost name", "name", l.key.String(), "err", err)
 			}
-			r.disown(l.pid)
 		}
 		r.writeMu.Unlock()
 		if lost {
@@ -442,6 +441,27 @@ func (r *Replicated) put(kind Kind, key Key, pid proc.PID, at crdt.Timestamp, me
 	return nil
 }
 
+// add writes a new entry of pid, counting it. Called with writeMu held.
+func (r *Replicated) add(kind Kind, key Key, pid proc.PID, meta *Meta) error {
+	if err := r.own(pid); err != nil {
+		return err
+	}
+	if err := r.put(kind, key, pid, r.clock(), meta); err != nil {
+		r.disown(pid)
+		return err
+	}
+	return nil
+}
+
+// remove deletes an entry of pid, uncounting it. Called with writeMu held.
+func (r *Replicated) remove(kind Kind, key Key, pid proc.PID) error {
+	if _, err := r.mp.Delete(entryKey(kind, key, pid)); err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	r.disown(pid)
+	return nil
+}
+
 // registration returns pid's registration of unique key, if it has one.
 func (r *Replicated) registration(key Key, pid proc.PID) (Candidate, bool) {
 	r.mu.RLock()
@@ -475,14 +495,7 @@ func (r *Replicated) Register(_ context.Context, key Key, pid proc.PID, meta Met
 		c, _ := r.registration(key, pid)
 		return r.put(Unique, key, pid, c.At, &meta)
 	}
-	if err := r.own(pid); err != nil {
-		return err
-	}
-	if err := r.put(Unique, key, pid, r.clock(), &meta); err != nil {
-		r.disown(pid)
-		return err
-	}
-	return nil
+	return r.add(Unique, key, pid, &meta)
 }
 
 // Unregister implements Registry. It also withdraws a registration of pid
@@ -496,11 +509,7 @@ func (r *Replicated) Unregister(_ context.Context, key Key, pid proc.PID) error 
 	if _, ok := r.registration(key, pid); !ok {
 		return nil
 	}
-	if _, err := r.mp.Delete(entryKey(Unique, key, pid)); err != nil {
-		return fmt.Errorf("registry: %w", err)
-	}
-	r.disown(pid)
-	return nil
+	return r.remove(Unique, key, pid)
 }
 
 // Lookup implements Registry. It is lock-free.
@@ -547,14 +556,7 @@ func (r *Replicated) Join(_ context.Context, key Key, pid proc.PID, meta Meta) e
 		}
 		return r.put(Group, key, pid, r.clock(), &meta)
 	}
-	if err := r.own(pid); err != nil {
-		return err
-	}
-	if err := r.put(Group, key, pid, r.clock(), &meta); err != nil {
-		r.disown(pid)
-		return err
-	}
-	return nil
+	return r.add(Group, key, pid, &meta)
 }
 
 // Leave implements Registry.
@@ -570,11 +572,7 @@ func (r *Replicated) Leave(_ context.Context, key Key, pid proc.PID) error {
 	if m == nil {
 		return nil
 	}
-	if _, err := r.mp.Delete(entryKey(Group, key, pid)); err != nil {
-		return fmt.Errorf("registry: %w", err)
-	}
-	r.disown(pid)
-	return nil
+	return r.remove(Group, key, pid)
 }
 
 // Members implements Registry.
