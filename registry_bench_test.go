@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -114,58 +113,13 @@ func BenchmarkRegistryNetsplitHeal(b *testing.B) {
 		c := registryCluster(b, 4, lost)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		key := func(i int) herd.Key { return herd.Key{Name: fmt.Sprint("session:", i)} }
-		spec := herd.StartSpec{Kind: "named"}
-		for i := range names {
-			if _, err := c.Node(i%4).GetOrStart(ctx, key(i), spec); err != nil {
-				b.Fatal(err)
-			}
-		}
-		c.Eventually(b, func() bool { return agree(c) && c.Node(3).Registry().Count(herd.Query{}) == names }, "all names everywhere")
-		sides := [][]int{{0, 1}, {2, 3}}
-		c.Partition(sides...)
-		c.Eventually(b, func() bool {
-			for _, i := range []int{0, 1} {
-				for _, j := range []int{2, 3} {
-					for _, pair := range [][2]int{{i, j}, {j, i}} {
-						m, ok := c.Node(pair[0]).Member(c.Node(pair[1]).ID())
-						if ok && !m.Status.Ended() {
-							return false
-						}
-					}
-				}
-			}
-			return true
-		}, "each side declares the other dead")
-		var wg sync.WaitGroup
-		for _, side := range sides {
-			wg.Go(func() {
-				for i := range names {
-					if _, err := c.Node(side[i%2]).GetOrStart(ctx, key(i), spec); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-		}
-		wg.Wait()
+		splitAndRestart(b, c, ctx, names, key)
 		c.Heal()
 		healCalled := time.Now()
 		c.WaitConverged()
 		healed := time.Now()
 		b.StartTimer()
-		c.Eventually(b, func() bool {
-			if len(lost.snapshot()) < names || !agree(c) {
-				return false
-			}
-			for _, i := range c.Up() {
-				for k := range names {
-					if len(c.Node(i).NameClaims(key(k))) != 1 {
-						return false
-					}
-				}
-			}
-			return true
-		}, "every conflict resolved")
+		c.Eventually(b, func() bool { return resolved(c, lost, names, key) }, "every conflict resolved")
 		resolve = append(resolve, time.Since(healed))
 		fromHeal = append(fromHeal, time.Since(healCalled))
 		b.StopTimer()

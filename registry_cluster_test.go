@@ -304,49 +304,8 @@ func TestRegistryNetsplit(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	key := func(i int) herd.Key { return herd.Key{Env: "game", Name: fmt.Sprint("session:", i)} }
-	spec := herd.StartSpec{Kind: "named"}
-	original := make([]herd.PID, names)
-	for i := range names {
-		pid, err := c.Node(i%4).GetOrStart(ctx, key(i), spec)
-		if err != nil {
-			t.Fatal(err)
-		}
-		original[i] = pid
-	}
-	c.Eventually(t, func() bool { return agree(c) && c.Node(3).Registry().Count(herd.Query{Env: "game"}) == names }, "all names everywhere")
-
+	original := splitAndRestart(t, c, ctx, names, key)
 	sides := [][]int{{0, 1}, {2, 3}}
-	c.Partition(sides...)
-	for _, side := range sides {
-		for _, i := range side {
-			other := sides[0]
-			if side[0] == 0 {
-				other = sides[1]
-			}
-			for _, j := range other {
-				c.Eventually(t, func() bool {
-					m, ok := c.Node(i).Member(c.Node(j).ID())
-					return !ok || m.Status.Ended()
-				}, "the other side declared dead")
-			}
-		}
-	}
-	// Each side starts what it lost: GetOrStart from any node of the side.
-	var wg sync.WaitGroup
-	for _, side := range sides {
-		wg.Go(func() {
-			for i := range names {
-				if _, err := c.Node(side[i%2]).GetOrStart(ctx, key(i), spec); err != nil {
-					t.Errorf("get or start %v during the split: %v", key(i), err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
 	for _, side := range sides {
 		for _, i := range side {
 			c.Eventually(t, func() bool {
@@ -363,19 +322,7 @@ func TestRegistryNetsplit(t *testing.T) {
 
 	c.Heal()
 	c.WaitConverged()
-	c.Eventually(t, func() bool {
-		if !agree(c) || len(lost.snapshot()) < names {
-			return false
-		}
-		for _, i := range c.Up() {
-			for k := range names {
-				if len(c.Node(i).NameClaims(key(k))) != 1 {
-					return false
-				}
-			}
-		}
-		return true
-	}, "one holder per name everywhere, every loser told")
+	c.Eventually(t, func() bool { return resolved(c, lost, names, key) }, "one holder per name everywhere, every loser told")
 	for k := range names {
 		for _, i := range c.Up() {
 			if pid, _ := c.Node(i).Registry().Whereis(key(k)); pid != original[k] {
@@ -395,6 +342,66 @@ func TestRegistryNetsplit(t *testing.T) {
 			t.Fatalf("loser of %v told the winner is %v, holder is %v", nc.Name, nc.Winner, want)
 		}
 	}
+}
+
+// splitAndRestart starts names processes through GetOrStart on a
+// four-node cluster, splits it 2|2, waits until each side declares the
+// other dead, and has each side start again what it lost. It returns the
+// processes started before the split.
+func splitAndRestart(tb testing.TB, c *herdtest.Cluster, ctx context.Context, names int, key func(int) herd.Key) []herd.PID {
+	tb.Helper()
+	spec := herd.StartSpec{Kind: "named"}
+	original := make([]herd.PID, names)
+	for i := range names {
+		pid, err := c.Node(i%4).GetOrStart(ctx, key(i), spec)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		original[i] = pid
+	}
+	c.Eventually(tb, func() bool { return agree(c) && c.Node(3).Registry().Count(herd.Query{Env: key(0).Env}) == names }, "all names everywhere")
+	sides := [][]int{{0, 1}, {2, 3}}
+	c.Partition(sides...)
+	for _, pair := range [][2]int{{0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 0}, {2, 1}, {3, 0}, {3, 1}} {
+		c.Eventually(tb, func() bool {
+			m, ok := c.Node(pair[0]).Member(c.Node(pair[1]).ID())
+			return !ok || m.Status.Ended()
+		}, "each side declares the other dead")
+	}
+	// Each side starts what it lost: GetOrStart from any node of the side.
+	var wg sync.WaitGroup
+	for _, side := range sides {
+		wg.Go(func() {
+			for i := range names {
+				if _, err := c.Node(side[i%2]).GetOrStart(ctx, key(i), spec); err != nil {
+					tb.Errorf("get or start %v during the split: %v", key(i), err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if tb.Failed() {
+		tb.FailNow()
+	}
+	return original
+}
+
+// resolved reports whether, after a split of splitAndRestart healed, every
+// node reads one holder per name with no other claim, and every loser has
+// been told.
+func resolved(c *herdtest.Cluster, lost *conflicts, names int, key func(int) herd.Key) bool {
+	if len(lost.snapshot()) < names || !agree(c) {
+		return false
+	}
+	for _, i := range c.Up() {
+		for k := range names {
+			if len(c.Node(i).NameClaims(key(k))) != 1 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // GetOrStart raced from every node at once starts one process per name.

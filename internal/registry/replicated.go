@@ -482,20 +482,54 @@ func (r *Replicated) Register(_ context.Context, key Key, pid proc.PID, meta Met
 	}
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
-	r.mu.RLock()
-	h := r.ix.holder(key)
-	r.mu.RUnlock()
-	if h != nil && h.PID != pid {
+	h := r.entry(Unique, key, pid)
+	switch {
+	case h != nil && h.PID != pid:
 		return &TakenError{Key: key, Holder: h.PID}
-	}
-	if h != nil {
-		if h.Meta.Equal(meta) {
-			return nil
-		}
-		c, _ := r.registration(key, pid)
-		return r.put(Unique, key, pid, c.At, &meta)
+	case h != nil:
+		return r.rewrite(h, &meta)
 	}
 	return r.add(Unique, key, pid, &meta)
+}
+
+// entry returns what the index reads for pid under key: the holder of a
+// unique name (whoever it is), or pid's membership of a group.
+func (r *Replicated) entry(kind Kind, key Key, pid proc.PID) *Entry {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if kind == Unique {
+		return r.ix.holder(key)
+	}
+	return r.ix.member(key, pid)
+}
+
+// rewrite replaces the metadata of an entry of this node, if it changed;
+// a unique name keeps its registration time. Called with writeMu held.
+func (r *Replicated) rewrite(e *Entry, meta *Meta) error {
+	if e.Meta.Equal(*meta) {
+		return nil
+	}
+	at := r.clock()
+	if e.Kind == Unique {
+		c, _ := r.registration(e.Key, e.PID)
+		at = c.At
+	}
+	return r.put(e.Kind, e.Key, e.PID, at, meta)
+}
+
+// updateMeta replaces the metadata of pid's entry of kind under key.
+func (r *Replicated) updateMeta(kind Kind, key Key, pid proc.PID, meta Meta) error {
+	meta, err := r.prepare(key, pid, meta)
+	if err != nil {
+		return err
+	}
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	e := r.entry(kind, key, pid)
+	if e == nil || e.PID != pid {
+		return notRegistered(kind, key, pid)
+	}
+	return r.rewrite(e, &meta)
 }
 
 // Unregister implements Registry. It also withdraws a registration of pid
@@ -520,23 +554,7 @@ func (r *Replicated) Whereis(key Key) (proc.PID, bool) { return r.ix.whereis(key
 
 // UpdateMeta implements Registry.
 func (r *Replicated) UpdateMeta(_ context.Context, key Key, pid proc.PID, meta Meta) error {
-	meta, err := r.prepare(key, pid, meta)
-	if err != nil {
-		return err
-	}
-	r.writeMu.Lock()
-	defer r.writeMu.Unlock()
-	r.mu.RLock()
-	h := r.ix.holder(key)
-	r.mu.RUnlock()
-	if h == nil || h.PID != pid {
-		return notRegistered(Unique, key, pid)
-	}
-	if h.Meta.Equal(meta) {
-		return nil
-	}
-	c, _ := r.registration(key, pid)
-	return r.put(Unique, key, pid, c.At, &meta)
+	return r.updateMeta(Unique, key, pid, meta)
 }
 
 // Join implements Registry.
@@ -547,14 +565,8 @@ func (r *Replicated) Join(_ context.Context, key Key, pid proc.PID, meta Meta) e
 	}
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
-	r.mu.RLock()
-	m := r.ix.member(key, pid)
-	r.mu.RUnlock()
-	if m != nil {
-		if m.Meta.Equal(meta) {
-			return nil
-		}
-		return r.put(Group, key, pid, r.clock(), &meta)
+	if m := r.entry(Group, key, pid); m != nil {
+		return r.rewrite(m, &meta)
 	}
 	return r.add(Group, key, pid, &meta)
 }
@@ -566,10 +578,7 @@ func (r *Replicated) Leave(_ context.Context, key Key, pid proc.PID) error {
 	}
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
-	r.mu.RLock()
-	m := r.ix.member(key, pid)
-	r.mu.RUnlock()
-	if m == nil {
+	if r.entry(Group, key, pid) == nil {
 		return nil
 	}
 	return r.remove(Group, key, pid)
@@ -584,22 +593,7 @@ func (r *Replicated) Members(key Key) []Entry {
 
 // UpdateMemberMeta implements Registry.
 func (r *Replicated) UpdateMemberMeta(_ context.Context, key Key, pid proc.PID, meta Meta) error {
-	meta, err := r.prepare(key, pid, meta)
-	if err != nil {
-		return err
-	}
-	r.writeMu.Lock()
-	defer r.writeMu.Unlock()
-	r.mu.RLock()
-	m := r.ix.member(key, pid)
-	r.mu.RUnlock()
-	if m == nil {
-		return notRegistered(Group, key, pid)
-	}
-	if m.Meta.Equal(meta) {
-		return nil
-	}
-	return r.put(Group, key, pid, r.clock(), &meta)
+	return r.updateMeta(Group, key, pid, meta)
 }
 
 // Select implements Registry. An invalid query selects nothing.
