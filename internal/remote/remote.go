@@ -112,30 +112,37 @@ func (c *Cluster) Handle(name string, fn Service) {
 // Ask sends body to the service called name on node and returns its
 // answer. A lost node is ErrNodeDown.
 func (c *Cluster) Ask(ctx context.Context, node proc.NodeID, name string, body []byte) ([]byte, error) {
-	p, err := c.peer(node)
-	if err != nil {
-		return nil, err
-	}
 	req := &ctl{Kind: name, Body: body}
 	if d, ok := ctx.Deadline(); ok {
 		req.Deadline = d.UnixNano()
 	}
-	frame, err := encodeCtl(opService, req)
+	r, err := c.request(ctx, node, opService, req)
+	return r.Body, err
+}
+
+// request sends a request frame to node and returns its reply; a reply
+// carrying an error returns that error.
+func (c *Cluster) request(ctx context.Context, node proc.NodeID, o op, req *ctl) (reply, error) {
+	p, err := c.peer(node)
 	if err != nil {
-		return nil, err
+		return reply{}, err
+	}
+	frame, err := encodeCtl(o, req)
+	if err != nil {
+		return reply{}, err
 	}
 	resp, err := c.tr.Request(ctx, p, frame)
 	if err != nil {
-		return nil, netErr(node, err)
+		return reply{}, netErr(node, err)
 	}
 	var r reply
 	if err := wireDec.Unmarshal(resp, &r); err != nil {
-		return nil, fmt.Errorf("%s on %v: %w: %v", name, node, errMalformed, err)
+		return reply{}, fmt.Errorf("%q on %v: %w: %v", req.Kind, node, errMalformed, err)
 	}
 	if r.Err != nil {
-		return nil, c.errs.decode(r.Err)
+		return reply{}, c.errs.decode(r.Err)
 	}
-	return r.Body, nil
+	return r, nil
 }
 
 // serve answers a service request.
@@ -290,32 +297,15 @@ func (c *Cluster) decodeReply(to proc.PID, resp []byte) (any, error) {
 // Spawn starts a process of kind on node and returns its PID once its Init
 // has returned there.
 func (c *Cluster) Spawn(ctx context.Context, node proc.NodeID, kind string, args any) (proc.PID, error) {
-	p, err := c.peer(node)
-	if err != nil {
-		return proc.PID{}, err
-	}
 	req := &ctl{Kind: kind}
 	if args != nil {
+		var err error
 		if req.Body, err = c.cdc.Encode(args); err != nil {
 			return proc.PID{}, fmt.Errorf("spawn %q on %v: arguments: %w", kind, node, err)
 		}
 	}
-	frame, err := encodeCtl(opSpawn, req)
-	if err != nil {
-		return proc.PID{}, err
-	}
-	resp, err := c.tr.Request(ctx, p, frame)
-	if err != nil {
-		return proc.PID{}, netErr(node, err)
-	}
-	var r reply
-	if err := wireDec.Unmarshal(resp, &r); err != nil {
-		return proc.PID{}, fmt.Errorf("spawn on %v: %w: %v", node, errMalformed, err)
-	}
-	if r.Err != nil {
-		return proc.PID{}, c.errs.decode(r.Err)
-	}
-	return r.PID, nil
+	r, err := c.request(ctx, node, opSpawn, req)
+	return r.PID, err
 }
 
 // sendCtl sends a control frame; a failure to send is a lost session.
