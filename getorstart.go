@@ -26,7 +26,7 @@ type StartSpec struct {
 // decide, and the arbiter starts the process on itself, so callers racing
 // on any nodes get one process while the cluster is connected. If the
 // arbiter is lost while deciding, GetOrStart asks the next one, until ctx
-// ends.
+// ends; it never returns a holder on a node this node has seen go.
 //
 // While members disagree about who is up (for the moment a node joins or
 // fails), two arbiters may each start one; when their registrations meet,
@@ -52,11 +52,16 @@ func (n *Node) GetOrStart(ctx context.Context, key Key, spec StartSpec) (PID, er
 		} else {
 			pid, err = n.askArbiter(ctx, arb, key, spec, 0)
 		}
+		if err == nil && !n.nodeUp(pid.Node) {
+			// The arbiter still reads a holder whose node this node has
+			// seen go: its view lags; ask again until it catches up.
+			err = fmt.Errorf("herd: get or start %q: %v answered %v, on a node that is down: %w", key.String(), arb, pid, ErrNodeDown)
+		}
 		if err == nil || !errors.Is(err, ErrNodeDown) {
 			return pid, err
 		}
-		// The arbiter is lost: wait for membership to say so, and ask the
-		// next.
+		// The arbiter is lost, or behind: wait for membership to settle,
+		// and ask again.
 		select {
 		case <-ctx.Done():
 			return PID{}, fmt.Errorf("herd: get or start %q: %w (last: %v)", key.String(), ctx.Err(), err)

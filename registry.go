@@ -71,14 +71,7 @@ func (n *Node) startRegistry(cfg *Config) error {
 	}
 	rc := registry.ReplicatedConfig{
 		Runtime: n.rt, Map: mp, Clock: n.reps.Now, Logger: n.log,
-		NodeUp: func(id NodeID) bool {
-			mem := n.mem.Load()
-			if mem == nil {
-				return id == n.id
-			}
-			m, ok := mem.Member(id)
-			return ok && !m.Status.Ended()
-		},
+		NodeUp: n.nodeUp,
 	}
 	if fn := cfg.NameResolver; fn != nil {
 		rc.Resolve = func(key Key, cs []registry.Candidate) int {
@@ -88,6 +81,19 @@ func (n *Node) startRegistry(cfg *Config) error {
 	n.reg = registry.NewReplicated(rc)
 	n.rt.SetResolver(n.reg.Resolver())
 	return nil
+}
+
+// nodeUp reports whether a node life is up as this node sees it.
+func (n *Node) nodeUp(id NodeID) bool {
+	if id == n.id {
+		return true
+	}
+	mem := n.mem.Load()
+	if mem == nil {
+		return false
+	}
+	m, ok := mem.Member(id)
+	return ok && !m.Status.Ended()
 }
 
 // Internal replicated maps. Names starting with "herd." are reserved.
