@@ -41,7 +41,9 @@ func (n *Node) GetOrStart(ctx context.Context, key Key, spec StartSpec) (PID, er
 	}
 	wait := 5 * time.Millisecond
 	for {
-		if pid, ok := n.reg.Whereis(key); ok {
+		// A holder on a node that membership has declared gone may still
+		// be read for a moment, until the replica hides it: not an answer.
+		if pid, ok := n.reg.Whereis(key); ok && n.nodeUp(pid.Node) {
 			return pid, nil
 		}
 		arb := n.arbiter(key)
