@@ -144,6 +144,23 @@ func (c *Context) Exit(pid PID, reason error) error {
 // callbacks; from elsewhere, use Exit.
 func (c *Context) Stop(reason error) { c.p.stopReq = normalize(reason) }
 
+// Checkpoint stores state as the process's last known state: a process of
+// the distributed supervisor restarted after a crash, on this node or
+// another, or after the whole cluster was restarted, gets it back through
+// Restore (see Stasher) after Init. The state must not be modified after
+// the call. It fails with ErrNoCheckpoint for a process that has no
+// checkpoint store.
+func (c *Context) Checkpoint(state []byte) error {
+	if c.dead() {
+		return c.errDead()
+	}
+	cp := c.p.rt.checkpoint.Load()
+	if cp == nil {
+		return ErrNoCheckpoint
+	}
+	return (*cp).Checkpoint(c.p.pid, state)
+}
+
 // SendAfter delivers msg to this process's HandleInfo after d.
 func (c *Context) SendAfter(d time.Duration, msg any) *Timer {
 	return c.p.rt.SendAfter(c.p.pid, msg, d)

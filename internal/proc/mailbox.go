@@ -206,6 +206,8 @@ type process struct {
 
 	runFn   func() // p.run as a func value, made on first use: "go p.runFn()" allocates nothing
 	stopReq error
+	// stash, if set, asks terminate to call Stash first (StashAndStop).
+	stash atomic.Pointer[stashReq]
 	log     atomic.Pointer[slog.Logger]
 }
 
@@ -341,12 +343,37 @@ func (p *process) invoke(e *envelope) (stop error) {
 func (p *process) terminate(reason error) {
 	p.cur = nil
 	if p.flags.Load()&flagDead == 0 {
+		if req := p.stash.Load(); req != nil {
+			req.state, req.err = p.callStash()
+			req.done.Store(true)
+		}
 		p.callTerminate(reason)
 	}
 	if crash, ok := reason.(*CrashError); ok {
 		p.ctx.Logger().Error("process crashed", "reason", crash.Error(), "stack", string(crash.Stack))
 	}
 	p.die(reason)
+}
+
+// stashReq carries a Stash result from the process's goroutine to
+// StashAndStop, which reads it after the process's death channel closes.
+type stashReq struct {
+	state []byte
+	err   error
+	done  atomic.Bool // state and err are written
+}
+
+func (p *process) callStash() (state []byte, err error) {
+	s, ok := p.b.(Stasher)
+	if !ok {
+		return nil, ErrNoStash
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			err = &CrashError{Value: v, Stack: stack()}
+		}
+	}()
+	return s.Stash()
 }
 
 func (p *process) callTerminate(reason error) {

@@ -53,6 +53,12 @@ var (
 	// ErrUnhandled is what Base.HandleCall returns for any message: the
 	// process does not answer calls of that type.
 	ErrUnhandled error = sentinel("message not handled")
+	// ErrNoStash: a process gave no state to hand over (it is not a
+	// Stasher, or it ended before it could stash).
+	ErrNoStash error = sentinel("no stashed state")
+	// ErrNoCheckpoint: Checkpoint was called by a process whose state has
+	// nowhere to go (it is not a child of the distributed supervisor).
+	ErrNoCheckpoint error = sentinel("process has no checkpoint store")
 	// ErrBadReply: a typed call got a reply of another type.
 	ErrBadReply error = sentinel("reply has unexpected type")
 	// ErrTimeout: a process did not stop within its shutdown budget and was

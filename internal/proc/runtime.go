@@ -27,6 +27,12 @@ type Config struct {
 	Owner any
 }
 
+// Checkpointer stores a process's checkpointed state; the distributed
+// supervisor is one. It is called on the process's goroutine.
+type Checkpointer interface {
+	Checkpoint(pid PID, state []byte) error
+}
+
 // Resolver maps a registered name to its holder. It must not block and must
 // not call back into the Runtime while holding its own locks.
 type Resolver func(EnvName) (PID, bool)
@@ -48,6 +54,8 @@ type Runtime struct {
 	drained     chan struct{}
 	chunks      sync.Pool // of *chunk
 	waiters     sync.Pool // of *waiter, for calls made outside processes
+
+	checkpoint atomic.Pointer[Checkpointer]
 
 	mu    sync.RWMutex
 	kinds map[string]func() Process
@@ -89,6 +97,9 @@ func (rt *Runtime) Logger() *slog.Logger { return rt.log }
 // Owner returns Config.Owner.
 func (rt *Runtime) Owner() any { return rt.owner }
 
+// SetCheckpointer sets where Context.Checkpoint stores state.
+func (rt *Runtime) SetCheckpointer(c Checkpointer) { rt.checkpoint.Store(&c) }
+
 // SetResolver installs the function that resolves Name and EnvName targets.
 // Until one is set, sending to a name fails with ErrNoName.
 func (rt *Runtime) SetResolver(r Resolver) { rt.resolve.Store(&r) }
@@ -124,9 +135,11 @@ func (rt *Runtime) Kinds() []string {
 type SpawnOption func(*spawnConfig)
 
 type spawnConfig struct {
-	link  bool
-	trap  bool
-	hooks []func(*Context) error
+	link    bool
+	trap    bool
+	hooks   []func(*Context) error
+	restore []byte
+	restart bool // restore set
 }
 
 // Linked links the new process to the spawning process before Init runs.
@@ -142,6 +155,14 @@ func TrapExits() SpawnOption { return func(c *spawnConfig) { c.trap = true } }
 // register a name for the process before anything else can see it.
 func BeforeInit(fn func(*Context) error) SpawnOption {
 	return func(c *spawnConfig) { c.hooks = append(c.hooks, fn) }
+}
+
+// RestoreState makes the new process restore state (from Stash or a
+// checkpoint) after its Init and before its first message, when its
+// behaviour is a Stasher; Restore's error fails the spawn as Init's would.
+// A behaviour that is not a Stasher starts from Init alone.
+func RestoreState(state []byte) SpawnOption {
+	return func(c *spawnConfig) { c.restore, c.restart = state, true }
 }
 
 // Spawn starts a process of a registered kind. It returns once Init has
@@ -220,6 +241,11 @@ func (rt *Runtime) spawn(parent *process, b Process, kind string, args any, opts
 	if err := p.init(args); err != nil {
 		return fail(err)
 	}
+	if cfg.restart {
+		if err := p.restore(cfg.restore); err != nil {
+			return fail(fmt.Errorf("restore: %w", err))
+		}
+	}
 
 	p.mu.Lock()
 	if p.st == stDead { // killed during Init
@@ -250,6 +276,19 @@ func (p *process) init(args any) (err error) {
 		}
 	}()
 	return p.b.Init(&p.ctx, args)
+}
+
+func (p *process) restore(state []byte) (err error) {
+	s, ok := p.b.(Stasher)
+	if !ok {
+		return nil
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			err = &CrashError{Value: v, Stack: stack()}
+		}
+	}()
+	return s.Restore(state)
 }
 
 // local returns the live process pid names on this node, or nil.
@@ -457,6 +496,29 @@ func (rt *Runtime) StopProcess(ctx context.Context, from, pid PID, reason error,
 	p.signal(from, Kill, sigExit)
 	<-dead
 	return p.exitReason(), err
+}
+
+// StashAndStop stops pid as StopProcess does with reason Shutdown, but
+// first has it hand over its state: on the process's goroutine, after the
+// callback it is running and before Terminate, its Stash runs. It returns
+// the state and stashErr nil if Stash ran and succeeded; stashErr is
+// ErrNoStash if the behaviour is not a Stasher or the process ended
+// without running it (it was killed, or exited on its own first), or
+// Stash's own error. err is StopProcess's.
+func (rt *Runtime) StashAndStop(ctx context.Context, from, pid PID, budget time.Duration) (state []byte, stashErr, err error) {
+	p := rt.local(pid)
+	if p == nil {
+		return nil, ErrNoStash, fmt.Errorf("stop %v: %w", pid, ErrNoProcess)
+	}
+	req := &stashReq{}
+	p.stash.Store(req)
+	_, err = rt.StopProcess(ctx, from, pid, Shutdown, budget)
+	// The death channel closed after terminate wrote req (or never will
+	// write it: the process was killed, and terminate saw it dead).
+	if req.done.Load() {
+		return req.state, req.err, err
+	}
+	return nil, ErrNoStash, err
 }
 
 // MonitorFunc calls fn when pid exits, on the goroutine ending it, after the
