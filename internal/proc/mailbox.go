@@ -208,7 +208,7 @@ type process struct {
 	stopReq error
 	// stash, if set, asks terminate to call Stash first (StashAndStop).
 	stash atomic.Pointer[stashReq]
-	log     atomic.Pointer[slog.Logger]
+	log   atomic.Pointer[slog.Logger]
 }
 
 // enqueue appends e to the mailbox and starts a goroutine if none runs. For
