@@ -341,23 +341,37 @@ func (m *Membership) probe(id proc.NodeID, gossipAddr string) bool {
 	return err == nil
 }
 
-// Leave announces this node is leaving, waits up to ctx for the
-// announcement to spread and the graceful leave to be sent, then stops.
-// Other members see it leaving, then left.
+// Announce tells the other members this node is leaving (they see it
+// leaving), waiting up to ctx for the announcement to go out, and stays a
+// member: the layers above use the time to hand over their work. Leave
+// follows. Announcing twice announces once.
+func (m *Membership) Announce(ctx context.Context) {
+	if m.stopped.Load() || m.leaving.Swap(true) {
+		return
+	}
+	if err := m.ml.UpdateNode(timeoutOf(ctx)); err != nil {
+		m.log.Warn("membership: could not announce leaving", "err", err)
+	}
+}
+
+// timeoutOf turns ctx's deadline into one of memberlist's timeouts (which
+// wait without limit for zero or less).
+func timeoutOf(ctx context.Context) time.Duration {
+	if d, ok := ctx.Deadline(); ok {
+		return max(time.Until(d)/2, 100*time.Millisecond)
+	}
+	return 5 * time.Second
+}
+
+// Leave announces this node is leaving (unless Announce did), waits up to
+// ctx for the announcement to spread and the graceful leave to be sent,
+// then stops. Other members see it leaving, then left.
 func (m *Membership) Leave(ctx context.Context) error {
 	if m.stopped.Load() {
 		return nil
 	}
-	timeout := 5 * time.Second
-	if d, ok := ctx.Deadline(); ok {
-		// memberlist waits without limit for a timeout of zero or less.
-		timeout = max(time.Until(d)/2, 100*time.Millisecond)
-	}
-	m.leaving.Store(true)
-	if err := m.ml.UpdateNode(timeout); err != nil {
-		m.log.Warn("membership: could not announce leaving", "err", err)
-	}
-	err := m.ml.Leave(timeout)
+	m.Announce(ctx)
+	err := m.ml.Leave(timeoutOf(ctx))
 	m.stop()
 	return err
 }
