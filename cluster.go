@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/herdkit/herd/internal/codec"
+	"github.com/herdkit/herd/internal/dsup"
 	"github.com/herdkit/herd/internal/hooks"
 	"github.com/herdkit/herd/internal/membership"
 	"github.com/herdkit/herd/internal/pki"
+	"github.com/herdkit/herd/internal/proc"
 	"github.com/herdkit/herd/internal/registry"
 	"github.com/herdkit/herd/internal/remote"
 	"github.com/herdkit/herd/internal/replica"
@@ -215,6 +217,11 @@ func (n *Node) startCluster(ctx context.Context, cfg *Config, opts []StartOption
 	n.reps.Attach(tr, mem)
 	n.rt.SetRemote(rc)
 	n.cl = &cluster{mem: mem, tr: tr, remote: rc}
+	if err := n.startSupervisor(cfg, mem, rc); err != nil {
+		tr.Close()
+		mem.Shutdown()
+		return err
+	}
 	tr.Start() // only now: what arrives finds everything wired
 	return nil
 }
@@ -237,6 +244,7 @@ func newCodec() *codec.Registry {
 	codec.MustRegister[[]string](r, "[]string")
 	codec.MustRegister[map[string]string](r, "map[string]string")
 	codec.MustRegister[*getOrStartReq](r, getOrStartService)
+	codec.MustRegister[ChildStash](r, "herd.ChildStash")
 	return r
 }
 
@@ -248,6 +256,7 @@ func newErrors() *remote.Errors {
 		registry.ErrTaken, registry.ErrNotRegistered, registry.ErrInvalid,
 		supervisor.ErrMaxRestarts, supervisor.ErrAlreadyStarted, supervisor.ErrAlreadyPresent,
 		supervisor.ErrNotFound, supervisor.ErrRunning, supervisor.ErrMaxChildren,
+		dsup.ErrLeaving, dsup.ErrNoQuorum, dsup.ErrNoNode, dsup.ErrNotOwner, proc.ErrNoCheckpoint,
 	} {
 		e.Register(err)
 	}
@@ -359,6 +368,7 @@ func (n *Node) Addr() string {
 // failure handling; use Stop to leave gracefully.
 func (n *Node) Halt() {
 	n.stopOnce.Do(func() {
+		n.sup.Close()
 		if n.cl != nil {
 			n.cl.mem.Shutdown()
 			n.cl.tr.Close()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/herdkit/herd/internal/codec"
+	"github.com/herdkit/herd/internal/dsup"
 	"github.com/herdkit/herd/internal/membership"
 	"github.com/herdkit/herd/internal/proc"
 	"github.com/herdkit/herd/internal/registry"
@@ -90,6 +91,20 @@ type Config struct {
 	// earliest registration, then the lower node identity. Every node of
 	// a cluster must use the same.
 	NameResolver NameResolver
+
+	// Distributed supervisor (Node.Supervisor). Every node of a cluster
+	// must use the same Placement.
+
+	// Placement places children; default UniformPlacement.
+	Placement Placement
+	// Redistribute says whether running children move when members join;
+	// default RedistributePassive.
+	Redistribute Redistribution
+	// ChildIntensity is how many restarts of one distributed child one
+	// node allows in ChildPeriod; one more and the child is given up
+	// (Child.Failed), without affecting any other child. Default 3 in 5s.
+	ChildIntensity int
+	ChildPeriod    time.Duration
 }
 
 // startReplicas opens the node's replicated maps, with what its data
@@ -140,6 +155,7 @@ type Node struct {
 	maps   map[string]*Map
 
 	flights flights // GetOrStart decisions in progress here
+	sup     *dsup.Supervisor
 
 	stopOnce sync.Once
 	stopErr  error
@@ -197,7 +213,11 @@ func Start(ctx context.Context, cfg Config, opts ...StartOption) (*Node, error) 
 			return nil, err
 		}
 	} else if len(opts) > 0 || len(cfg.Join) > 0 || cfg.DNSName != "" || cfg.DNSSRV != "" {
+		n.reps.Close()
 		return nil, errors.New("herd: joining a cluster needs Config.Bind")
+	} else if err := n.startSupervisor(&cfg, nil, nil); err != nil {
+		n.reps.Close()
+		return nil, err
 	}
 	return n, nil
 }
@@ -208,8 +228,14 @@ func NodeOf(c *Context) *Node {
 	return n
 }
 
-// Stop stops every process on the node (see the shutdown order in the
-// package documentation) and returns once they have all exited. Processes
+// Stop stops the node gracefully. First it hands its distributed children
+// over: the other members see it leaving, it starts no new children, and
+// each child is stashed (if a Stasher) and stopped within its shutdown
+// budget, then given to the node the placement names, which restores the
+// state before the child takes messages (with no other node to take them,
+// the children keep their state for their next start). Then it stops every
+// other process (see the shutdown order in the package documentation) and
+// returns once they have all exited. Processes
 // still alive when ctx ends, or after Config.StopTimeout if ctx has no
 // deadline, are killed, and Stop returns the context's error. Stop is
 // idempotent: later calls return the first call's result.
@@ -220,6 +246,15 @@ func (n *Node) Stop(ctx context.Context) error {
 			ctx, cancel = context.WithTimeout(ctx, n.stopWait)
 			defer cancel()
 		}
+		if n.cl != nil {
+			announce, cancel := context.WithTimeout(ctx, time.Second)
+			n.cl.mem.Announce(announce)
+			cancel()
+		}
+		if err := n.sup.Drain(ctx); err != nil {
+			n.log.Warn("handing children over", "err", err)
+		}
+		n.sup.Close()
 		n.stopErr = n.rt.Shutdown(ctx)
 		if n.stopErr != nil {
 			n.log.Warn("node stopped; processes that would not stop were killed", "err", n.stopErr)
