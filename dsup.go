@@ -89,7 +89,7 @@ const dsupStartService = "herd.dsup.start"
 // startSupervisor starts the node's part of the distributed supervisor.
 // mem and rc are nil for a node alone.
 func (n *Node) startSupervisor(cfg *Config, mem *membership.Membership, rc *remote.Cluster) error {
-	children, err := n.reps.Open("herd.children", nil, cfg.DataDir != "")
+	children, err := n.reps.Open("herd.children", dsup.Resolve, cfg.DataDir != "")
 	if err != nil {
 		return fmt.Errorf("herd: %w", err)
 	}

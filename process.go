@@ -42,9 +42,11 @@ type (
 	// Context is a process's handle on its node, passed to every callback.
 	// It is also a context.Context that ends when the process exits.
 	Context = proc.Context
-	// Stasher is implemented by processes whose state can move with them
-	// (graceful node stop, name conflicts) once the distributed supervisor
-	// exists. The local runtime does not call it.
+	// Stasher is implemented by distributed children whose state moves
+	// with them: Stash when their node stops gracefully or they move,
+	// Restore (after Init, before the first message) on the node that
+	// takes them, also from their last checkpoint after a crash. A process
+	// that only checkpoints needs Restore alone.
 	Stasher = proc.Stasher
 	// ReplyTo answers a call whose HandleCall deferred its reply.
 	ReplyTo = proc.ReplyTo

@@ -22,6 +22,11 @@ type View struct {
 	// dead, left, superseded by a later life, or unknown for longer than
 	// a grace period.
 	Ended func(proc.NodeID) bool
+	// Settled: this node has been up long enough (a grace period) for its
+	// replica to have caught up with the others; until then it claims
+	// nothing, since a claim made from a record it has not yet seen
+	// superseded would start a stale duplicate.
+	Settled bool
 	// Active: children move to where the placement now puts them.
 	Active    bool
 	Placement Placement
@@ -119,7 +124,10 @@ func Decide(v *View, id string, rec *Record, l Local) Action {
 	}
 	if !v.Leaving && (rec.Owner.IsZero() || v.Ended(rec.Owner)) {
 		if t, ok := v.Placement.Place(req); ok && t == v.Self {
-			if l.Running {
+			switch {
+			case !v.Settled:
+				return Action{} // decide again once settled
+			case l.Running:
 				return Action{Op: Adopt}
 			}
 			return Action{Op: Claim}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/fxamacker/cbor/v2"
 
+	"github.com/herdkit/herd/internal/crdt"
 	"github.com/herdkit/herd/internal/proc"
 	"github.com/herdkit/herd/internal/supervisor"
 )
@@ -91,4 +92,24 @@ func decodeRecord(b []byte) (*Record, error) {
 		return nil, errBadRecord
 	}
 	return r, nil
+}
+
+// Resolve is the resolver of the map of children: of records written
+// concurrently, the one with the highest epoch wins, then the latest
+// write. A node that claims or hands over a child writes the epoch it read
+// plus one, so a claim made from a stale view of a child (a node still
+// catching up, or cut off while the others moved the child on) loses to
+// the placements made since, whenever its write lands.
+func Resolve(_ string, vs []crdt.Version) crdt.Version {
+	best, bestEpoch := len(vs)-1, uint64(0)
+	for i, v := range vs {
+		r, err := decodeRecord(v.Value)
+		if err != nil {
+			continue // a malformed record never wins
+		}
+		if r.Epoch >= bestEpoch {
+			best, bestEpoch = i, r.Epoch
+		}
+	}
+	return vs[best]
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/herdkit/herd/internal/crdt"
 	"github.com/herdkit/herd/internal/membership"
 	"github.com/herdkit/herd/internal/proc"
+	"github.com/herdkit/herd/internal/registry"
 	"github.com/herdkit/herd/internal/replica"
 	"github.com/herdkit/herd/internal/supervisor"
 )
@@ -57,8 +59,9 @@ type Config struct {
 	// affecting any other. Default 3 in 5s.
 	Intensity int
 	Period    time.Duration
-	// Grace is how long this node must have been up before it takes an
-	// owner it has never heard of for gone. Default 5s.
+	// Grace is how long this node must have been up before it claims a
+	// child (its replica has caught up with the others by then) or takes
+	// an owner it has never heard of for gone. Default 5s.
 	Grace time.Duration
 	// Spawn starts a process for spec on this node with opts (the node
 	// adds the name registration and decodes the arguments).
@@ -118,10 +121,15 @@ type Supervisor struct {
 	inst     map[string]*instance
 	byPID    map[uint64]string
 	restarts map[string][]time.Time
+	stashes  map[string]*pendingStash // from dropped duplicates, for the owner's instance
+	handed   map[string]proc.NodeID   // children handed over while leaving, by target
 	leaving  bool
 	drainCtx context.Context
 	passes   uint64 // full passes completed
 	changed  chan struct{}
+
+	leftMu sync.Mutex                // not mu: ended runs inside Decide, under mu
+	leftAt map[proc.NodeID]time.Time // when each owner was first seen left
 
 	dirtyMu sync.Mutex
 	dirty   map[string]struct{}
@@ -162,6 +170,7 @@ func New(cfg Config) *Supervisor {
 	s := &Supervisor{
 		cfg: cfg, log: cfg.Logger, self: cfg.Self, since: cfg.Now(),
 		inst: make(map[string]*instance), byPID: make(map[uint64]string), restarts: make(map[string][]time.Time),
+		stashes: make(map[string]*pendingStash), leftAt: make(map[proc.NodeID]time.Time), handed: make(map[string]proc.NodeID),
 		drainCtx: context.Background(), changed: make(chan struct{}),
 		dirty: make(map[string]struct{}), all: true, kick: make(chan struct{}, 1),
 		workers: make(chan struct{}, 64), done: make(chan struct{}),
@@ -304,6 +313,7 @@ func (s *Supervisor) view() *View {
 	}
 	v.Alive = func(id proc.NodeID) bool { return id == s.self || status[id] == membership.Alive }
 	now := s.cfg.Now()
+	v.Settled = now.Sub(s.since) >= s.cfg.Grace
 	ended := map[proc.NodeID]bool{}
 	v.Ended = func(id proc.NodeID) bool {
 		if id == s.self {
@@ -328,6 +338,20 @@ func (s *Supervisor) ended(id proc.NodeID, now time.Time) bool {
 		return now.Sub(s.since) >= s.cfg.Grace
 	}
 	if m, ok := s.cfg.Members.Member(id); ok {
+		if m.Status == membership.Left {
+			// A node that left gracefully handed its children over before
+			// it went; what it wrote may still be on its way here. Its
+			// children are claimed only if it had to leave some behind.
+			s.leftMu.Lock()
+			at, seen := s.leftAt[id]
+			if !seen {
+				at = now
+				s.leftAt[id] = now
+				time.AfterFunc(s.cfg.Grace, s.markAll)
+			}
+			s.leftMu.Unlock()
+			return now.Sub(at) >= s.cfg.Grace
+		}
 		return m.Status.Ended()
 	}
 	if m, ok := s.cfg.Members.Latest(id.Name); ok {
@@ -391,6 +415,7 @@ func (s *Supervisor) localOf(in *instance, now time.Time) Local {
 func (s *Supervisor) reconcile(v *View, id string) {
 	rec := s.record(id)
 	now := s.cfg.Now()
+	s.offerStash(id, rec, now)
 	s.mu.Lock()
 	in := s.inst[id]
 	l := s.localOf(in, now)
@@ -453,7 +478,7 @@ func (s *Supervisor) reconcile(v *View, id string) {
 			return
 		}
 		// Nothing runs here: give the record on.
-		if _, err := s.update(id, func(r *Record) bool { return s.handOver(r, act.Target, nil, false) }); err != nil {
+		if _, err := s.update(id, func(r *Record) bool { return s.handOver(id, r, act.Target, nil, false) }); err != nil {
 			s.log.Warn("dsup: handing a child over", "child", id, "err", err)
 		}
 	}
@@ -471,7 +496,7 @@ func (s *Supervisor) spawnWorker(fn func()) {
 
 // handOver makes target the owner of r, with state if given; false if r is
 // no longer this node's.
-func (s *Supervisor) handOver(r *Record, target proc.NodeID, state []byte, stashed bool) bool {
+func (s *Supervisor) handOver(id string, r *Record, target proc.NodeID, state []byte, stashed bool) bool {
 	if r.Owner != s.self {
 		return false
 	}
@@ -480,6 +505,11 @@ func (s *Supervisor) handOver(r *Record, target proc.NodeID, state []byte, stash
 		r.State, r.HasState = state, true
 	}
 	s.stats.handedOff.Add(1)
+	s.mu.Lock()
+	if s.leaving {
+		s.handed[id] = target
+	}
+	s.mu.Unlock()
 	return true
 }
 
@@ -543,10 +573,12 @@ func (s *Supervisor) restart(id string, rec *Record, op Op) {
 	s.mu.Unlock()
 	switch {
 	case err == nil, errors.Is(err, errSuperseded):
-	case errors.Is(err, proc.ErrUnknownKind):
+	case errors.Is(err, proc.ErrUnknownKind), errors.Is(err, registry.ErrTaken):
 		// Not the child's fault: this node does not have its kind (yet;
-		// a node registers its kinds after it starts). Retried, not
-		// counted.
+		// a node registers its kinds after it starts), or its name is
+		// still held by an instance elsewhere that is being stopped (a
+		// duplicate after a partition), or by one on a node just lost
+		// whose names are not yet hidden here. Retried, not counted.
 		s.log.Warn("dsup: cannot start a child here yet; will retry", "child", id, "err", err)
 	default:
 		s.log.Warn("dsup: starting a child failed; will retry", "child", id, "err", err)
@@ -610,6 +642,11 @@ func (s *Supervisor) exited(id string, pid proc.PID, reason error) {
 		return
 	}
 	switch {
+	case errors.Is(reason, registry.ErrNameConflict):
+		// A duplicate elsewhere kept the name when a partition healed;
+		// this node owns the child, so the duplicate is being stopped:
+		// start again once the name is free, whatever the restart type,
+		// and without counting it.
 	case rec.Spec.Restart == supervisor.Temporary,
 		rec.Spec.Restart == supervisor.Transient && !proc.IsAbnormal(reason):
 		// Done: the child is forgotten.
@@ -682,11 +719,16 @@ func (s *Supervisor) stop(ctx context.Context, id string, pid proc.PID, rec *Rec
 	switch op {
 	case Drop:
 		s.stats.dropped.Add(1)
-		if cur := s.record(id); stashed && cur != nil && !cur.PID.IsZero() {
-			_ = s.cfg.Runtime.Send(cur.PID, Stashed{Child: id, From: pid, State: state})
+		if stashed {
+			s.mu.Lock()
+			s.stashes[id] = &pendingStash{
+				msg: Stashed{Child: id, From: pid, State: state}, sent: map[proc.PID]bool{},
+				until: s.cfg.Now().Add(stashWindow),
+			}
+			s.mu.Unlock()
 		}
 	case Handoff:
-		_, err = s.update(id, func(r *Record) bool { return s.handOver(r, target, state, stashed) })
+		_, err = s.update(id, func(r *Record) bool { return s.handOver(id, r, target, state, stashed) })
 	case Park:
 		_, err = s.update(id, func(r *Record) bool {
 			if r.Owner != s.self || r.PID != pid {
@@ -730,6 +772,42 @@ func (r *Record) specOrZero() Spec {
 	return r.Spec
 }
 
+// stashWindow is how long a dropped duplicate's stash is offered to the
+// owner's instances: the one running when it is dropped, and any that
+// replaces it meanwhile (the owner's instance may itself be restarting,
+// having lost the name to the duplicate).
+const stashWindow = 5 * time.Second
+
+type pendingStash struct {
+	msg   Stashed
+	sent  map[proc.PID]bool
+	until time.Time
+}
+
+// offerStash sends a dropped duplicate's stash to the instance rec names,
+// once per instance, within the window.
+func (s *Supervisor) offerStash(id string, rec *Record, now time.Time) {
+	s.mu.Lock()
+	p := s.stashes[id]
+	if p == nil {
+		s.mu.Unlock()
+		return
+	}
+	if now.After(p.until) || rec == nil {
+		delete(s.stashes, id)
+		s.mu.Unlock()
+		return
+	}
+	to := rec.PID
+	if to.IsZero() || to.Node == s.self && !s.cfg.Runtime.Alive(to) || p.sent[to] {
+		s.mu.Unlock()
+		return
+	}
+	p.sent[to] = true
+	s.mu.Unlock()
+	_ = s.cfg.Runtime.Send(to, p.msg)
+}
+
 // Stashed is sent to a child's instance when a duplicate of it (found
 // running on another node after a partition healed) is stopped and had
 // state to give: the instance may merge it.
@@ -767,7 +845,8 @@ func (s *Supervisor) Checkpoint(pid proc.PID, state []byte) error {
 
 // Drain hands every child of this node to the others (or parks it, when no
 // other node can take it) and refuses new starts; it returns once no child
-// runs here, or when ctx ends. The node's shutdown follows.
+// runs here and every node that took one has started it (so its record
+// has reached that node), or when ctx ends. The node's shutdown follows.
 func (s *Supervisor) Drain(ctx context.Context) error {
 	s.mu.Lock()
 	s.leaving = true
@@ -779,16 +858,31 @@ func (s *Supervisor) Drain(ctx context.Context) error {
 		s.mu.Lock()
 		done := s.passes > from && len(s.inst) == 0
 		ch := s.changed
+		handed := maps.Clone(s.handed)
 		s.mu.Unlock()
-		if done {
+		if done && s.confirmed(handed) {
 			return nil
 		}
 		select {
 		case <-ch:
+		case <-time.After(5 * time.Millisecond): // confirmations come as record changes
 		case <-ctx.Done():
 			return fmt.Errorf("dsup: drain: %w", ctx.Err())
 		}
 	}
+}
+
+// confirmed reports whether every child handed over has been started by
+// its new owner, or has gone elsewhere, or its new owner has gone.
+func (s *Supervisor) confirmed(handed map[string]proc.NodeID) bool {
+	now := s.cfg.Now()
+	for id, target := range handed {
+		r := s.record(id)
+		if r != nil && r.Owner == target && r.PID.IsZero() && r.Failed == "" && !s.ended(target, now) {
+			return false
+		}
+	}
+	return true
 }
 
 // Leaving reports whether Drain has begun.

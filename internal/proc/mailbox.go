@@ -364,7 +364,7 @@ type stashReq struct {
 }
 
 func (p *process) callStash() (state []byte, err error) {
-	s, ok := p.b.(Stasher)
+	s, ok := p.b.(interface{ Stash() ([]byte, error) })
 	if !ok {
 		return nil, ErrNoStash
 	}

@@ -40,14 +40,17 @@ type Process interface {
 }
 
 // Stasher is implemented by processes whose state can be handed to a new
-// incarnation of themselves on another node (graceful node stop, name
-// conflict) by the distributed supervisor. The local runtime never calls it.
+// incarnation of themselves, on this node or another, by the distributed
+// supervisor: when their node stops gracefully, when they move, and when a
+// duplicate is stopped after a partition. A process that only checkpoints
+// (Context.Checkpoint) needs Restore alone: the methods are looked for
+// one by one.
 type Stasher interface {
 	// Stash returns the process's state. It is called on the process's
-	// goroutine, between messages, just before the process is stopped.
+	// goroutine after the last message it handles and before Terminate.
 	Stash() ([]byte, error)
-	// Restore installs state from Stash, after Init and before the first
-	// message.
+	// Restore installs state from Stash or from the last checkpoint,
+	// after Init and before the first message.
 	Restore(state []byte) error
 }
 

@@ -159,8 +159,8 @@ func BeforeInit(fn func(*Context) error) SpawnOption {
 
 // RestoreState makes the new process restore state (from Stash or a
 // checkpoint) after its Init and before its first message, when its
-// behaviour is a Stasher; Restore's error fails the spawn as Init's would.
-// A behaviour that is not a Stasher starts from Init alone.
+// behaviour has a Restore method (see Stasher); Restore's error fails the
+// spawn as Init's would. A behaviour without one starts from Init alone.
 func RestoreState(state []byte) SpawnOption {
 	return func(c *spawnConfig) { c.restore, c.restart = state, true }
 }
@@ -279,7 +279,7 @@ func (p *process) init(args any) (err error) {
 }
 
 func (p *process) restore(state []byte) (err error) {
-	s, ok := p.b.(Stasher)
+	s, ok := p.b.(interface{ Restore([]byte) error })
 	if !ok {
 		return nil
 	}
