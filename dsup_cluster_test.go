@@ -236,21 +236,26 @@ func (inc *incrementer) finish() {
 	inc.wg.Wait()
 }
 
-// check fails t if a child's count lost an acknowledged increment or has
-// more than were tried.
+// check fails t if a child's count lost an acknowledged increment. A
+// count above the increments tried is not a failure: WaitForName sends a
+// call again when its first try failed with ErrNodeDown, which the
+// handler may already have run (at least once, as documented).
 func (inc *incrementer) check(t testing.TB, n *herd.Node, ids []string) {
 	t.Helper()
-	var acked int64
+	var acked, over int64
 	for _, id := range ids {
 		got := int64(callInt(t, n, herd.Name("name-"+id), "get"))
 		a, tr := inc.acked[id].Load(), inc.tried[id].Load()
-		if got < a || got > tr {
+		if got < a {
 			ch, _ := n.Supervisor().WhichChild(id)
 			t.Errorf("%s counts %d: %d increments acknowledged, %d tried; epoch %d on %v", id, got, a, tr, ch.Epoch, ch.Node)
 		}
+		if got > tr {
+			over += got - tr
+		}
 		acked += a
 	}
-	t.Logf("%d increments acknowledged, %d failed", acked, inc.failed.Load())
+	t.Logf("%d increments acknowledged, %d failed, %d applied twice by retries", acked, inc.failed.Load(), over)
 }
 
 func TestSupervisorRollingRestartLosesNothing(t *testing.T) {
