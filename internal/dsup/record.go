@@ -95,20 +95,24 @@ func decodeRecord(b []byte) (*Record, error) {
 }
 
 // Resolve is the resolver of the map of children: of records written
-// concurrently, the one with the highest epoch wins, then the latest
-// write. A node that claims or hands over a child writes the epoch it read
-// plus one, so a claim made from a stale view of a child (a node still
-// catching up, or cut off while the others moved the child on) loses to
-// the placements made since, whenever its write lands.
+// concurrently, the one with the highest epoch wins; at equal epochs a
+// handoff (written by the old owner, naming another node) beats a claim
+// (written by the new owner itself), since the old owner was alive to
+// write it; then the latest write. A node that claims or hands over a
+// child writes the epoch it read plus one, so a claim made from a stale
+// view (a node still catching up, or cut off while the others moved the
+// child on) loses to the placements made since, whenever it lands.
 func Resolve(_ string, vs []crdt.Version) crdt.Version {
-	best, bestEpoch := len(vs)-1, uint64(0)
+	best, bestEpoch, bestHandoff := len(vs)-1, uint64(0), false
+	found := false
 	for i, v := range vs {
 		r, err := decodeRecord(v.Value)
 		if err != nil {
 			continue // a malformed record never wins
 		}
-		if r.Epoch >= bestEpoch {
-			best, bestEpoch = i, r.Epoch
+		handoff := r.Owner != v.Dot.Node
+		if !found || r.Epoch > bestEpoch || (r.Epoch == bestEpoch && (handoff || !bestHandoff)) {
+			best, bestEpoch, bestHandoff, found = i, r.Epoch, handoff, true
 		}
 	}
 	return vs[best]

@@ -128,8 +128,9 @@ type Supervisor struct {
 	passes   uint64 // full passes completed
 	changed  chan struct{}
 
-	leftMu sync.Mutex                // not mu: ended runs inside Decide, under mu
-	leftAt map[proc.NodeID]time.Time // when each owner was first seen left
+	leftMu      sync.Mutex                // not mu: ended runs inside Decide, under mu
+	leftAt      map[proc.NodeID]time.Time // when each owner was first seen left
+	seenLeaving map[proc.NodeID]bool      // members seen leaving
 
 	dirtyMu sync.Mutex
 	dirty   map[string]struct{}
@@ -170,7 +171,7 @@ func New(cfg Config) *Supervisor {
 	s := &Supervisor{
 		cfg: cfg, log: cfg.Logger, self: cfg.Self, since: cfg.Now(),
 		inst: make(map[string]*instance), byPID: make(map[uint64]string), restarts: make(map[string][]time.Time),
-		stashes: make(map[string]*pendingStash), leftAt: make(map[proc.NodeID]time.Time), handed: make(map[string]proc.NodeID),
+		stashes: make(map[string]*pendingStash), leftAt: make(map[proc.NodeID]time.Time), handed: make(map[string]proc.NodeID), seenLeaving: make(map[proc.NodeID]bool),
 		drainCtx: context.Background(), changed: make(chan struct{}),
 		dirty: make(map[string]struct{}), all: true, kick: make(chan struct{}, 1),
 		workers: make(chan struct{}, 64), done: make(chan struct{}),
@@ -294,6 +295,11 @@ func (s *Supervisor) view() *View {
 	if s.cfg.Members != nil {
 		for _, m := range s.cfg.Members.Members() {
 			status[m.ID] = m.Status
+			if m.Status == membership.Leaving {
+				s.leftMu.Lock()
+				s.seenLeaving[m.ID] = true
+				s.leftMu.Unlock()
+			}
 			if m.ID != s.self {
 				seen++
 			}
@@ -338,7 +344,13 @@ func (s *Supervisor) ended(id proc.NodeID, now time.Time) bool {
 		return now.Sub(s.since) >= s.cfg.Grace
 	}
 	if m, ok := s.cfg.Members.Member(id); ok {
-		if m.Status == membership.Left {
+		s.leftMu.Lock()
+		wasLeaving := s.seenLeaving[id]
+		s.leftMu.Unlock()
+		if m.Status == membership.Left || m.Status == membership.Dead && wasLeaving {
+			// (A node seen leaving and then declared dead was handing its
+			// children over: under load, the detector may lose patience
+			// with it before it is done.)
 			// A node that left gracefully handed its children over before
 			// it went; what it wrote may still be on its way here. Its
 			// children are claimed only if it had to leave some behind.
