@@ -49,31 +49,36 @@ func failoverTrial(b *testing.B, profile string, fault func(c *herdtest.Cluster)
 	start := time.Now()
 	fault(c)
 	survivors := []*herd.Node{c.Node(0), c.Node(2)}
-	done := func() bool {
-		running := len(survivors[0].Supervisor().LocalChildren()) + len(survivors[1].Supervisor().LocalChildren())
-		if running != len(ids) {
-			return false
-		}
-		for _, n := range survivors {
-			for _, id := range ids {
-				pid, ok := n.Registry().Whereis(herd.Key{Name: "name-" + id})
-				if !ok || pid.Node == victim {
-					return false
-				}
-			}
-		}
-		return true
-	}
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
 	deadline := time.Now().Add(30 * time.Second)
-	for !done() {
+	for !movedOff(survivors, victim, ids) {
 		if time.Now().After(deadline) {
 			b.Fatalf("failover not done within 30s: %s", onceEverywhere(c, ids))
 		}
 		<-tick.C
 	}
 	return time.Since(start)
+}
+
+// movedOff reports whether every child runs on one of the survivors and
+// every survivor resolves each child's name to an instance off victim.
+func movedOff(survivors []*herd.Node, victim herd.NodeID, ids []string) bool {
+	running := 0
+	for _, n := range survivors {
+		running += len(n.Supervisor().LocalChildren())
+	}
+	if running != len(ids) {
+		return false
+	}
+	for _, n := range survivors {
+		for _, id := range ids {
+			if pid, ok := n.Registry().Whereis(herd.Key{Name: "name-" + id}); !ok || pid.Node == victim {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func reportLatencies(b *testing.B, lat []time.Duration) {
@@ -123,19 +128,7 @@ func BenchmarkSupervisorHandoff(b *testing.B) {
 		start := time.Now()
 		stopped := make(chan struct{})
 		go func() { c.Stop(1); close(stopped) }()
-		c.Eventually(b, func() bool {
-			if len(survivors[0].Supervisor().LocalChildren())+len(survivors[1].Supervisor().LocalChildren()) != len(ids) {
-				return false
-			}
-			for _, n := range survivors {
-				for _, id := range ids {
-					if pid, ok := n.Registry().Whereis(herd.Key{Name: "name-" + id}); !ok || pid.Node == victim {
-						return false
-					}
-				}
-			}
-			return true
-		}, "children handed over")
+		c.Eventually(b, func() bool { return movedOff(survivors, victim, ids) }, "children handed over")
 		lat = append(lat, time.Since(start))
 		<-stopped
 		for _, id := range ids[:50] {

@@ -181,6 +181,42 @@ func TestSupervisorFailoverOfKilledNode(t *testing.T) {
 	}
 }
 
+func TestSupervisorTerminateChildOnOtherNodes(t *testing.T) {
+	c := herdtest.NewCluster(t, 3, setupKinds(t))
+	ids := childIDs(30)
+	started := startChildren(t, c.Node(0), "tally", ids)
+	waitOnceWhy(t, c, ids, "children running once")
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	remote := 0
+	for id, pid := range started {
+		if pid.Node == c.Node(0).ID() {
+			continue
+		}
+		remote++
+		if err := c.Node(0).Supervisor().TerminateChild(ctx, id); err != nil {
+			t.Fatalf("terminate %s on %v: %v", id, pid.Node, err)
+		}
+		// It has exited on its node when TerminateChild returns.
+		for _, n := range c.Nodes() {
+			if n.ID() == pid.Node && n.Alive(pid) {
+				t.Fatalf("%s still alive on %v", id, pid.Node)
+			}
+		}
+	}
+	if remote == 0 {
+		t.Fatal("no child placed on another node")
+	}
+	c.Eventually(t, func() bool {
+		for _, n := range c.Nodes() {
+			if got := n.Supervisor().CountChildren().Specs; got != len(ids)-remote {
+				return false
+			}
+		}
+		return len(instances(c)) == len(ids)-remote
+	}, "terminated children forgotten on every node")
+}
+
 // incrementer drives increments at named tally children through whichever
 // node is up, counting acknowledged and attempted increments per child.
 type incrementer struct {

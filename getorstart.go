@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/herdkit/herd/internal/dsup"
 	"github.com/herdkit/herd/internal/membership"
 	"github.com/herdkit/herd/internal/registry"
 )
@@ -92,29 +93,9 @@ func (n *Node) arbiter(key Key) NodeID {
 	return best
 }
 
-// rendezvous hashes a key with a node life (FNV-1a, then a finalising mix):
-// the same on every node.
+// rendezvous hashes a key with a node life: the same on every node.
 func rendezvous(key Key, node NodeID) uint64 {
-	h := uint64(14695981039346656037)
-	add := func(s string) {
-		for i := 0; i < len(s); i++ {
-			h ^= uint64(s[i])
-			h *= 1099511628211
-		}
-		h ^= 0xff
-		h *= 1099511628211
-	}
-	add(key.Env)
-	add(key.Name)
-	add(node.Name)
-	for i := range 8 {
-		h ^= (node.Incarnation >> (8 * i)) & 0xff
-		h *= 1099511628211
-	}
-	h ^= h >> 33
-	h *= 0xff51afd7ed558ccd
-	h ^= h >> 33
-	return h
+	return dsup.Hash(key.Env+"\x00"+key.Name, node.Name, node.Incarnation)
 }
 
 // getOrStartReq is what a node asks a name's arbiter.

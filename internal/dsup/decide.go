@@ -34,9 +34,8 @@ type View struct {
 
 // Local is what runs of a child on the deciding node.
 type Local struct {
-	// Running: an instance runs here, as PID.
+	// Running: an instance runs here.
 	Running bool
-	PID     proc.PID
 	// Busy: an instance is starting or stopping here, or a failed start
 	// waits to be retried; decide again when that ends.
 	Busy bool

@@ -71,7 +71,7 @@ func rendezvous(child string, nodes []proc.NodeID) (proc.NodeID, bool) {
 	var bestHash uint64
 	found := false
 	for _, n := range nodes {
-		h := hash(child, n.Name, 0)
+		h := Hash(child, n.Name, 0)
 		if !found || h > bestHash || (h == bestHash && n.Name < best.Name) {
 			best, bestHash, found = n, h, true
 		}
@@ -103,7 +103,7 @@ func (random) Place(req PlaceRequest) (proc.NodeID, bool) {
 	if len(req.Nodes) == 0 {
 		return proc.NodeID{}, false
 	}
-	return req.Nodes[hash(req.Child, "", req.Epoch)%uint64(len(req.Nodes))], true
+	return req.Nodes[Hash(req.Child, "", req.Epoch)%uint64(len(req.Nodes))], true
 }
 
 // OnCaller starts a child on the node that called StartChild; placed again
@@ -119,9 +119,11 @@ func (local) Place(req PlaceRequest) (proc.NodeID, bool) {
 	return rendezvous(req.Child, req.Nodes)
 }
 
-// hash is FNV-1a over the child, a node name and a number, then a
-// finalising mix: the same on every node and every platform.
-func hash(child, node string, n uint64) uint64 {
+// Hash is FNV-1a over two strings and a number, then a finalising mix:
+// the same on every node and every platform. Placement hashes a child, a
+// node name and an epoch with it; GetOrStart's arbiter, a name and a node
+// life.
+func Hash(child, node string, n uint64) uint64 {
 	h := uint64(14695981039346656037)
 	add := func(s string) {
 		for i := 0; i < len(s); i++ {

@@ -100,7 +100,8 @@ type instance struct {
 	state   instState
 	pid     proc.PID
 	retryAt time.Time
-	fails   int // consecutive failed starts, for the retry backoff
+	armed   bool // a timer will look at the child again at retryAt
+	fails   int  // consecutive failed starts, for the retry backoff
 	// exited: the process ended while its start was still being recorded;
 	// reason is why.
 	exited bool
@@ -269,12 +270,14 @@ func (s *Supervisor) loop(sub *membership.Subscription) {
 		for id := range dirty {
 			s.reconcile(v, id)
 		}
+		// Whoever waits on the supervisor (Drain) looks again: records
+		// and members it depends on may have changed.
+		s.mu.Lock()
 		if all {
-			s.mu.Lock()
 			s.passes++
-			s.signalLocked()
-			s.mu.Unlock()
 		}
+		s.signalLocked()
+		s.mu.Unlock()
 	}
 }
 
@@ -416,7 +419,7 @@ func (s *Supervisor) localOf(in *instance, now time.Time) Local {
 	}
 	switch in.state {
 	case running:
-		return Local{Running: true, PID: in.pid}
+		return Local{Running: true}
 	case idle:
 		return Local{Busy: now.Before(in.retryAt)}
 	}
@@ -434,9 +437,16 @@ func (s *Supervisor) reconcile(v *View, id string) {
 	act := Decide(v, id, rec, l)
 	if act.Op == None {
 		if in != nil && in.state == idle && l.Busy {
-			retry := in.retryAt.Sub(now)
+			if !in.armed {
+				in.armed = true
+				time.AfterFunc(in.retryAt.Sub(now), func() {
+					s.mu.Lock()
+					in.armed = false
+					s.mu.Unlock()
+					s.markDirty(id)
+				})
+			}
 			s.mu.Unlock()
-			time.AfterFunc(retry, func() { s.markDirty(id) })
 			return
 		}
 		if in != nil && in.state == idle {
@@ -870,14 +880,12 @@ func (s *Supervisor) Drain(ctx context.Context) error {
 		s.mu.Lock()
 		done := s.passes > from && len(s.inst) == 0
 		ch := s.changed
-		handed := maps.Clone(s.handed)
 		s.mu.Unlock()
-		if done && s.confirmed(handed) {
+		if done && s.confirmed() {
 			return nil
 		}
 		select {
 		case <-ch:
-		case <-time.After(5 * time.Millisecond): // confirmations come as record changes
 		case <-ctx.Done():
 			return fmt.Errorf("dsup: drain: %w", ctx.Err())
 		}
@@ -885,21 +893,21 @@ func (s *Supervisor) Drain(ctx context.Context) error {
 }
 
 // confirmed reports whether every child handed over has been started by
-// its new owner, or has gone elsewhere, or its new owner has gone.
-func (s *Supervisor) confirmed(handed map[string]proc.NodeID) bool {
+// its new owner, or has gone elsewhere, or its new owner has gone; it
+// forgets the ones that have, so each is read until it is confirmed only.
+func (s *Supervisor) confirmed() bool {
+	s.mu.Lock()
+	handed := maps.Clone(s.handed)
+	s.mu.Unlock()
 	now := s.cfg.Now()
 	for id, target := range handed {
 		r := s.record(id)
 		if r != nil && r.Owner == target && r.PID.IsZero() && r.Failed == "" && !s.ended(target, now) {
 			return false
 		}
+		s.mu.Lock()
+		delete(s.handed, id)
+		s.mu.Unlock()
 	}
 	return true
-}
-
-// Leaving reports whether Drain has begun.
-func (s *Supervisor) Leaving() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.leaving
 }
