@@ -256,7 +256,7 @@ func newErrors() *remote.Errors {
 		registry.ErrTaken, registry.ErrNotRegistered, registry.ErrInvalid,
 		supervisor.ErrMaxRestarts, supervisor.ErrAlreadyStarted, supervisor.ErrAlreadyPresent,
 		supervisor.ErrNotFound, supervisor.ErrRunning, supervisor.ErrMaxChildren,
-		dsup.ErrLeaving, dsup.ErrNoQuorum, dsup.ErrNoNode, dsup.ErrNotOwner, proc.ErrNoCheckpoint,
+		dsup.ErrLeaving, dsup.ErrNoQuorum, dsup.ErrNoNode, dsup.ErrNotOwner, dsup.ErrNotReplicated, proc.ErrNoCheckpoint,
 	} {
 		e.Register(err)
 	}

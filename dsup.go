@@ -64,6 +64,11 @@ var (
 	// ErrNotOwner: the child is not, or no longer, run by this node (a
 	// Checkpoint from an instance being moved or stopped).
 	ErrNotOwner = dsup.ErrNotOwner
+	// ErrNotReplicated: a Checkpoint is stored on this node, but the node
+	// that would take the child over if this one were lost did not confirm
+	// it within two seconds. The state still spreads; until it has, a
+	// failover may restart the child from an older one.
+	ErrNotReplicated = dsup.ErrNotReplicated
 	// ErrNoCheckpoint: Checkpoint from a process that is not a
 	// distributed child.
 	ErrNoCheckpoint = proc.ErrNoCheckpoint
@@ -84,7 +89,10 @@ type Supervisor struct {
 // Supervisor returns the node's distributed supervisor.
 func (n *Node) Supervisor() *Supervisor { return &Supervisor{n: n, s: n.sup} }
 
-const dsupStartService = "herd.dsup.start"
+const (
+	dsupStartService = "herd.dsup.start"
+	dsupShareService = "herd.dsup.share"
+)
 
 // startSupervisor starts the node's part of the distributed supervisor.
 // mem and rc are nil for a node alone.
@@ -106,10 +114,15 @@ func (n *Node) startSupervisor(cfg *Config, mem *membership.Membership, rc *remo
 		dc.Ask = func(ctx context.Context, node NodeID, body []byte) ([]byte, error) {
 			return rc.Ask(ctx, node, dsupStartService, body)
 		}
+		dc.Share = func(ctx context.Context, node NodeID, body []byte) error {
+			_, err := rc.Ask(ctx, node, dsupShareService, body)
+			return err
+		}
 	}
 	n.sup = dsup.New(dc)
 	if rc != nil {
 		rc.Handle(dsupStartService, n.sup.ServeStart)
+		rc.Handle(dsupShareService, n.sup.ServeShare)
 	}
 	n.rt.SetCheckpointer(n.sup)
 	return nil

@@ -134,13 +134,15 @@ func (s *Supervisor) startHere(id string, spec Spec) (proc.PID, error) {
 	}
 	s.inst[id] = &instance{state: starting}
 	s.mu.Unlock()
+	var shared []byte
 	pid, err := s.cfg.Spawn(&spec, []proc.SpawnOption{proc.BeforeInit(func(c *proc.Context) error {
 		s.writeMu.Lock()
 		defer s.writeMu.Unlock()
 		if r := s.record(id); r != nil {
 			return fmt.Errorf("dsup: child %q (%v): %w", id, r.PID, supervisor.ErrAlreadyStarted)
 		}
-		if err := s.put(id, &Record{Spec: spec, Owner: s.self, PID: c.Self()}); err != nil {
+		var err error
+		if shared, err = s.putShared(id, &Record{Spec: spec, Owner: s.self, PID: c.Self()}); err != nil {
 			return err
 		}
 		return s.track(id, c.Self())
@@ -169,6 +171,11 @@ func (s *Supervisor) startHere(id string, spec Spec) (proc.PID, error) {
 	s.stats.started.Add(1)
 	if early {
 		s.exited(id, pid, why)
+	}
+	// The child runs; its record should not die with this node if it is
+	// lost before the record has spread.
+	if err := s.share(id, 0, shared); err != nil {
+		s.log.Warn("dsup: started child's record not confirmed", "child", id, "err", err)
 	}
 	return pid, nil
 }

@@ -30,6 +30,11 @@ var (
 	ErrNoNode = errors.New("dsup: no node to place the child on")
 	// ErrNotOwner: the child is not (or no longer) this node's.
 	ErrNotOwner = errors.New("dsup: child not owned here")
+	// ErrNotReplicated: a checkpoint is stored on this node, but the node
+	// that would take the child over if this one were lost has not
+	// confirmed it in time. It still spreads as any write does; until it
+	// has, a failover may start from an older state.
+	ErrNotReplicated = errors.New("dsup: checkpoint not confirmed by the node that would take over")
 )
 
 // Members is what the supervisor reads of the membership;
@@ -69,6 +74,14 @@ type Config struct {
 	// Ask sends a start request to another node's supervisor (ServeStart
 	// there) and returns its answer.
 	Ask func(ctx context.Context, node proc.NodeID, body []byte) ([]byte, error)
+	// Share sends a record write to another node's supervisor (ServeShare
+	// there) and returns once that node has joined it. Nil for a node
+	// alone.
+	Share func(ctx context.Context, node proc.NodeID, body []byte) error
+	// ShareTimeout bounds how long a checkpoint or a start waits for the
+	// node that would take the child over to confirm the write. Default
+	// 2s.
+	ShareTimeout time.Duration
 	// Tick is how often every child is looked at again even if nothing
 	// changed. Default 1s.
 	Tick   time.Duration
@@ -162,6 +175,9 @@ func New(cfg Config) *Supervisor {
 	}
 	if cfg.Tick <= 0 {
 		cfg.Tick = time.Second
+	}
+	if cfg.ShareTimeout <= 0 {
+		cfg.ShareTimeout = 2 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -849,20 +865,63 @@ func (s *Supervisor) Checkpoint(pid proc.PID, state []byte) error {
 	if !ok {
 		return proc.ErrNoCheckpoint
 	}
-	ok, err := s.update(id, func(r *Record) bool {
-		if r.Owner != s.self || r.PID != pid {
-			return false
-		}
-		r.State, r.HasState = state, true
-		return true
-	})
+	s.writeMu.Lock()
+	r := s.record(id)
+	if r == nil || r.Owner != s.self || r.PID != pid {
+		s.writeMu.Unlock()
+		return fmt.Errorf("dsup: checkpoint of %q by %v: %w", id, pid, ErrNotOwner)
+	}
+	r.State, r.HasState = state, true
+	shared, err := s.putShared(id, r)
+	s.writeMu.Unlock()
 	if err != nil {
 		return err
 	}
+	return s.share(id, r.Epoch, shared)
+}
+
+// putShared is put, returning the write for share.
+func (s *Supervisor) putShared(id string, r *Record) ([]byte, error) {
+	b, err := encodeRecord(r)
+	if err != nil {
+		return nil, err
+	}
+	shared, err := s.cfg.Children.PutShared(id, b, crdt.Owner{})
+	if err != nil {
+		return nil, fmt.Errorf("dsup: write %q: %w", id, err)
+	}
+	return shared, nil
+}
+
+// share sends a write of child id's record (from putShared) to the node
+// that would take the child over if this one were lost, the one the
+// placement names among the others that are up, and waits until that
+// node's replica has it: a failover there then starts from this write, not
+// an older one. With no such node there is nothing to wait for.
+func (s *Supervisor) share(id string, epoch uint64, shared []byte) error {
+	if s.cfg.Share == nil {
+		return nil
+	}
+	v := s.view()
+	others := slices.DeleteFunc(slices.Clone(v.Up), func(n proc.NodeID) bool { return n == s.self })
+	t, ok := v.Placement.Place(PlaceRequest{Child: id, Epoch: epoch, Nodes: others})
 	if !ok {
-		return fmt.Errorf("dsup: checkpoint of %q by %v: %w", id, pid, ErrNotOwner)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShareTimeout)
+	defer cancel()
+	if err := s.cfg.Share(ctx, t, shared); err != nil {
+		return fmt.Errorf("dsup: %q: %w: %v has not confirmed it: %w", id, ErrNotReplicated, t, err)
 	}
 	return nil
+}
+
+// ServeShare joins a record write another node's share sent here.
+func (s *Supervisor) ServeShare(_ context.Context, _ proc.NodeID, body []byte) ([]byte, error) {
+	if err := s.cfg.Children.JoinShared(body); err != nil {
+		return nil, fmt.Errorf("dsup: %w", err)
+	}
+	return nil, nil
 }
 
 // Drain hands every child of this node to the others (or parks it, when no

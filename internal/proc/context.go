@@ -149,7 +149,8 @@ func (c *Context) Stop(reason error) { c.p.stopReq = normalize(reason) }
 // another, or after the whole cluster was restarted, gets it back through
 // Restore (see Stasher) after Init. The state must not be modified after
 // the call. It fails with ErrNoCheckpoint for a process that has no
-// checkpoint store.
+// checkpoint store. The distributed supervisor returns once the node that
+// would take the process over, were this one lost, has the state too.
 func (c *Context) Checkpoint(state []byte) error {
 	if c.dead() {
 		return c.errDead()

@@ -1043,8 +1043,13 @@ func (mp *Map) Len() int {
 // and goes to every live peer within BatchDelay. A non-zero owner ties the
 // entry to a node life or a process of it.
 func (mp *Map) Put(key string, value []byte, owner crdt.Owner) error {
+	_, err := mp.put(key, value, owner)
+	return err
+}
+
+func (mp *Map) put(key string, value []byte, owner crdt.Owner) (crdt.Delta, error) {
 	if mp.r.isClosed() {
-		return ErrClosed
+		return crdt.Delta{}, ErrClosed
 	}
 	now := mp.r.now()
 	mp.mu.Lock()
@@ -1054,9 +1059,50 @@ func (mp *Map) Put(key string, value []byte, owner crdt.Owner) error {
 	}
 	mp.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("map %q: %w", mp.name, err)
+		return crdt.Delta{}, fmt.Errorf("map %q: %w", mp.name, err)
 	}
 	mp.r.enqueue(mp.name, d)
+	return d, nil
+}
+
+// PutShared is Put that also returns the write, encoded, for a writer
+// that must know it reached a given node before going on: it sends the
+// bytes there itself, and that node's replica joins them with JoinShared.
+// The write goes to every live peer as Put's do, too.
+func (mp *Map) PutShared(key string, value []byte, owner crdt.Owner) ([]byte, error) {
+	d, err := mp.put(key, value, owner)
+	if err != nil {
+		return nil, err
+	}
+	b, err := encode(kindDeltas, &deltasMsg{Maps: []mapDeltas{{Map: mp.name, Deltas: []crdt.Delta{d}}}})
+	if err != nil {
+		return nil, fmt.Errorf("map %q: %w", mp.name, err)
+	}
+	return b[1:], nil // without Channel, as Message takes payloads
+}
+
+// JoinShared joins a write that another node's PutShared of this map
+// returned. Anything else is refused with an error and changes nothing.
+func (mp *Map) JoinShared(b []byte) error {
+	if mp.r.isClosed() {
+		return ErrClosed
+	}
+	k, v, err := decode(b)
+	if err != nil {
+		return fmt.Errorf("map %q: shared write: %w", mp.name, err)
+	}
+	msg, ok := v.(*deltasMsg)
+	if k != kindDeltas || !ok {
+		return fmt.Errorf("map %q: shared write: %w: not deltas", mp.name, errMalformed)
+	}
+	for _, md := range msg.Maps {
+		if md.Map != mp.name {
+			return fmt.Errorf("map %q: shared write of map %q: %w", mp.name, md.Map, errMalformed)
+		}
+	}
+	for _, md := range msg.Maps {
+		mp.joinDeltas(md.Deltas)
+	}
 	return nil
 }
 
