@@ -36,6 +36,8 @@ type View struct {
 type Local struct {
 	// Running: an instance runs here.
 	Running bool
+	// PID is the running instance.
+	PID proc.PID
 	// Busy: an instance is starting or stopping here, or a failed start
 	// waits to be retried; decide again when that ends.
 	Busy bool
@@ -54,7 +56,9 @@ const (
 	// names this node.
 	Claim
 	// Adopt the instance already running here: its owner has ended and
-	// the placement names this node.
+	// the placement names this node; or the record names this node but
+	// not this instance (a node that did not know it ran here handed the
+	// child to it), so the record is made to name it.
 	Adopt
 	// Stop the instance here and write nothing: the child was terminated
 	// or given up, or this node lost its quorum.
@@ -113,6 +117,9 @@ func Decide(v *View, id string, rec *Record, l Local) Action {
 		}
 		if !l.Running {
 			return Action{Op: Start}
+		}
+		if rec.PID != l.PID {
+			return Action{Op: Adopt}
 		}
 		if v.Active {
 			if t, ok := v.Placement.Place(req); ok && t != v.Self && v.Alive(t) {

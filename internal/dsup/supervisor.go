@@ -435,7 +435,7 @@ func (s *Supervisor) localOf(in *instance, now time.Time) Local {
 	}
 	switch in.state {
 	case running:
-		return Local{Running: true}
+		return Local{Running: true, PID: in.pid}
 	case idle:
 		return Local{Busy: now.Before(in.retryAt)}
 	}
@@ -493,17 +493,11 @@ func (s *Supervisor) reconcile(v *View, id string) {
 	case Start, Claim:
 		s.spawnWorker(func() { s.restart(id, rec, act.Op) })
 	case Adopt:
-		ok, err := s.update(id, func(r *Record) bool {
-			if r.Owner != rec.Owner {
-				return false
-			}
-			r.Owner, r.PID, r.Epoch = s.self, pid, r.Epoch+1
-			return true
-		})
+		ok, err := s.update(id, func(r *Record) bool { return adopt(r, rec.Owner, s.self, pid) })
 		if err != nil {
 			s.log.Warn("dsup: adopting a child", "child", id, "err", err)
 		}
-		if ok {
+		if ok && rec.Owner != s.self {
 			s.stats.claimed.Add(1)
 		}
 	case Stop:
@@ -627,6 +621,20 @@ func (s *Supervisor) restart(id string, rec *Record, op Op) {
 		return
 	}
 	s.markDirty(id)
+}
+
+// adopt makes r name instance pid of node self, if r still names owner:
+// from an ended owner, with a new epoch; from self (whose record named
+// another instance), in the same one.
+func adopt(r *Record, owner, self proc.NodeID, pid proc.PID) bool {
+	if r.Owner != owner || (r.Owner == self && r.PID == pid) {
+		return false
+	}
+	if r.Owner != self {
+		r.Epoch++
+	}
+	r.Owner, r.PID = self, pid
+	return true
 }
 
 func backoff(fails int) time.Duration {
