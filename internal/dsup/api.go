@@ -59,7 +59,7 @@ func (s *Supervisor) StartChild(ctx context.Context, id string, spec Spec) (proc
 		var pid proc.PID
 		var err error
 		if target == s.self {
-			pid, err = s.startHere(id, spec)
+			pid, _, err = s.startHere(id, spec, s.self)
 		} else {
 			pid, err = s.ask(ctx, target, id, spec)
 		}
@@ -88,19 +88,36 @@ func (s *Supervisor) ask(ctx context.Context, node proc.NodeID, id string, spec 
 	if err != nil {
 		return proc.PID{}, fmt.Errorf("dsup: start %q: %w", id, err)
 	}
-	resp, err := s.cfg.Ask(ctx, node, body)
+	body, err = s.cfg.Ask(ctx, node, body)
 	if err != nil {
 		return proc.PID{}, err
 	}
-	var pid proc.PID
-	if err := recDec.Unmarshal(resp, &pid); err != nil || pid.Node != node {
+	var resp startResp
+	if err := recDec.Unmarshal(body, &resp); err != nil || resp.PID.Node != node {
 		return proc.PID{}, fmt.Errorf("dsup: start %q: bad answer from %v", id, node)
 	}
-	return pid, nil
+	// The child's record joins this replica before StartChild returns:
+	// the caller reads its own start, and, when this node is the one that
+	// would take the child over, the record survives the target's loss.
+	if len(resp.Record) == 0 {
+		return resp.PID, nil
+	}
+	if err := s.cfg.Children.JoinShared(resp.Record); err != nil {
+		s.log.Warn("dsup: the record in a start's answer", "child", id, "node", node, "err", err)
+	}
+	return resp.PID, nil
+}
+
+// startResp answers a startReq: the child's PID and its record's write
+// (from PutShared).
+type startResp struct {
+	_      struct{} `cbor:",toarray"`
+	PID    proc.PID
+	Record []byte
 }
 
 // ServeStart answers another node's StartChild.
-func (s *Supervisor) ServeStart(_ context.Context, _ proc.NodeID, body []byte) ([]byte, error) {
+func (s *Supervisor) ServeStart(_ context.Context, from proc.NodeID, body []byte) ([]byte, error) {
 	var req startReq
 	if err := recDec.Unmarshal(body, &req); err != nil {
 		return nil, fmt.Errorf("dsup: start request: %w", err)
@@ -111,26 +128,28 @@ func (s *Supervisor) ServeStart(_ context.Context, _ proc.NodeID, body []byte) (
 	if req.Spec.Kind == "" || req.Spec.Restart > supervisor.Temporary {
 		return nil, fmt.Errorf("dsup: start request for %q: bad spec", req.ID)
 	}
-	pid, err := s.startHere(req.ID, req.Spec)
+	pid, shared, err := s.startHere(req.ID, req.Spec, from)
 	if err != nil {
 		return nil, err
 	}
-	return recEnc.Marshal(pid)
+	return recEnc.Marshal(&startResp{PID: pid, Record: shared})
 }
 
-// startHere starts a new child on this node.
-func (s *Supervisor) startHere(id string, spec Spec) (proc.PID, error) {
+// startHere starts a new child on this node for node from, and returns
+// its PID and its record's write (from PutShared), which has reached the
+// would-be successor unless that is from, which joins it itself.
+func (s *Supervisor) startHere(id string, spec Spec, from proc.NodeID) (proc.PID, []byte, error) {
 	v := s.view()
 	switch {
 	case v.Leaving:
-		return proc.PID{}, fmt.Errorf("dsup: start %q on %v: %w", id, s.self, ErrLeaving)
+		return proc.PID{}, nil, fmt.Errorf("dsup: start %q on %v: %w", id, s.self, ErrLeaving)
 	case !v.Quorum:
-		return proc.PID{}, fmt.Errorf("dsup: start %q on %v: %w", id, s.self, ErrNoQuorum)
+		return proc.PID{}, nil, fmt.Errorf("dsup: start %q on %v: %w", id, s.self, ErrNoQuorum)
 	}
 	s.mu.Lock()
 	if in := s.inst[id]; in != nil && in.state != idle {
 		s.mu.Unlock()
-		return proc.PID{}, fmt.Errorf("dsup: child %q: %w", id, supervisor.ErrAlreadyStarted)
+		return proc.PID{}, nil, fmt.Errorf("dsup: child %q: %w", id, supervisor.ErrAlreadyStarted)
 	}
 	s.inst[id] = &instance{state: starting}
 	s.mu.Unlock()
@@ -166,7 +185,7 @@ func (s *Supervisor) startHere(id string, spec Spec) (proc.PID, error) {
 			}
 			s.writeMu.Unlock()
 		}
-		return proc.PID{}, err
+		return proc.PID{}, nil, err
 	}
 	s.stats.started.Add(1)
 	if early {
@@ -174,10 +193,12 @@ func (s *Supervisor) startHere(id string, spec Spec) (proc.PID, error) {
 	}
 	// The child runs; its record should not die with this node if it is
 	// lost before the record has spread.
-	if err := s.share(id, 0, shared); err != nil {
-		s.log.Warn("dsup: started child's record not confirmed", "child", id, "err", err)
+	if t, ok := s.successor(id, 0); ok && t != from {
+		if err := s.shareWith(t, id, shared); err != nil {
+			s.log.Warn("dsup: started child's record not confirmed", "child", id, "err", err)
+		}
 	}
-	return pid, nil
+	return pid, shared, nil
 }
 
 // TerminateChild stops the child and forgets it, on whichever node it

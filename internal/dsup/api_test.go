@@ -113,7 +113,32 @@ func newRig(t *testing.T, placement Placement) *rig {
 			if err != nil {
 				return nil, err
 			}
-			return recEnc.Marshal(proc.PID{Node: node, ID: 7})
+			// The node's supervisor writes the record and answers
+			// with it.
+			var req startReq
+			if err := recDec.Unmarshal(body, &req); err != nil {
+				t.Errorf("start request: %v", err)
+				return nil, err
+			}
+			pid := proc.PID{Node: node, ID: 7}
+			rec, err := encodeRecord(&Record{Spec: req.Spec, Owner: node, PID: pid})
+			if err != nil {
+				return nil, err
+			}
+			reps, err := replica.New(replica.Config{Self: node})
+			if err != nil {
+				return nil, err
+			}
+			defer reps.Close()
+			theirs, err := reps.Open("herd.children", Resolve, false)
+			if err != nil {
+				return nil, err
+			}
+			shared, err := theirs.PutShared(req.ID, rec, crdt.Owner{})
+			if err != nil {
+				return nil, err
+			}
+			return recEnc.Marshal(&startResp{PID: pid, Record: shared})
 		},
 		Share: func(ctx context.Context, node proc.NodeID, body []byte) error {
 			r.mu.Lock()
@@ -172,6 +197,10 @@ func TestStartChildPlacesAgainAfterRefusal(t *testing.T) {
 		}
 		if pid != (proc.PID{Node: nodeC, ID: 7}) {
 			t.Fatalf("started as %v, want c's answer", pid)
+		}
+		// The caller reads its own start: c's record is in its replica.
+		if c, ok := r.s.Child("x"); !ok || c.Owner != nodeC || c.PID != pid {
+			t.Fatalf("caller's record %+v (%v), want c's", c, ok)
 		}
 		if asked, _ := r.calls(); !slices.Equal(asked, []proc.NodeID{nodeB, nodeC}) {
 			t.Fatalf("asked %v, want b then c", asked)

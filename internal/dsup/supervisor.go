@@ -907,13 +907,25 @@ func (s *Supervisor) putShared(id string, r *Record) ([]byte, error) {
 // node's replica has it: a failover there then starts from this write, not
 // an older one. With no such node there is nothing to wait for.
 func (s *Supervisor) share(id string, epoch uint64, shared []byte) error {
-	if s.cfg.Share == nil {
+	t, ok := s.successor(id, epoch)
+	if !ok {
 		return nil
 	}
+	return s.shareWith(t, id, shared)
+}
+
+// successor returns the node that would take child id over if this one
+// were lost: the one the placement names among the others that are up.
+func (s *Supervisor) successor(id string, epoch uint64) (proc.NodeID, bool) {
 	v := s.view()
 	others := slices.DeleteFunc(slices.Clone(v.Up), func(n proc.NodeID) bool { return n == s.self })
-	t, ok := v.Placement.Place(PlaceRequest{Child: id, Epoch: epoch, Nodes: others})
-	if !ok {
+	return v.Placement.Place(PlaceRequest{Child: id, Epoch: epoch, Nodes: others})
+}
+
+// shareWith sends a write of child id's record to node t and waits until
+// t's replica has joined it.
+func (s *Supervisor) shareWith(t proc.NodeID, id string, shared []byte) error {
+	if s.cfg.Share == nil {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShareTimeout)
