@@ -1,14 +1,10 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -27,28 +23,8 @@ const nodeEnv = "HERD_GAMESESSIONS_NODE"
 // osNode is a game node running as a separate OS process: this test binary
 // started again with nodeEnv set.
 type osNode struct {
-	name, dir string
-	cmd       *exec.Cmd
-	gossip    string
-	stderr    *syncBuffer
-	exited    chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	*herdtest.Process
+	gossip string
 }
 
 // startOSNode starts a game node process that joins through join, and
@@ -59,49 +35,8 @@ func startOSNode(t *testing.T, name, dir string, join []string) *osNode {
 	if len(join) > 0 {
 		args = append(args, "-join", strings.Join(join, ","))
 	}
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), nodeEnv+"=1")
-	n := &osNode{name: name, dir: dir, cmd: cmd, stderr: &syncBuffer{}, exited: make(chan error, 1)}
-	cmd.Stderr = n.stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	lines := make(chan string, 4)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		n.exited <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-		}
-		if t.Failed() {
-			t.Logf("%s's log:\n%s", name, tail(n.stderr.String(), 60))
-		}
-	})
-	select {
-	case line, ok := <-lines:
-		addr, found := strings.CutPrefix(line, "gossip ")
-		if !ok || !found {
-			t.Fatalf("%s printed %q, want its gossip address; log:\n%s", name, line, n.stderr.String())
-		}
-		n.gossip = addr
-	case <-time.After(herdtest.DefaultTimeout):
-		t.Fatalf("%s did not start; log:\n%s", name, n.stderr.String())
-	}
-	go func() {
-		for range lines {
-		}
-	}()
-	return n
+	p := herdtest.StartProcess(t, name, herdtest.ReexecCommand(nodeEnv+"=1", args...))
+	return &osNode{Process: p, gossip: p.WaitLine(t, "gossip ", herdtest.DefaultTimeout)}
 }
 
 // testLogger logs the client node's warnings and errors into the test's
@@ -130,14 +65,6 @@ func (w *testWriter) Write(p []byte) (int, error) {
 		w.t.Log(strings.TrimRight(string(p), "\n"))
 	}
 	return len(p), nil
-}
-
-func tail(s string, lines int) string {
-	ls := strings.Split(s, "\n")
-	if len(ls) > lines {
-		ls = ls[len(ls)-lines:]
-	}
-	return strings.Join(ls, "\n")
 }
 
 // player makes moves in one session for one player until stopped, and
@@ -217,7 +144,7 @@ func TestProcessesKillAndRollingRestart(t *testing.T) {
 	// name, with a new gossip address).
 	seesGame := func(i int) bool {
 		for _, m := range client.Members() {
-			if m.ID.Name == nodes[i].name && m.Status == herd.MemberAlive && m.GossipAddr == nodes[i].gossip {
+			if m.ID.Name == nodes[i].Name && m.Status == herd.MemberAlive && m.GossipAddr == nodes[i].gossip {
 				return true
 			}
 		}
@@ -279,11 +206,11 @@ func TestProcessesKillAndRollingRestart(t *testing.T) {
 
 	// kill -9: no stash, no leave; the survivors restart its sessions
 	// from their checkpoints.
-	if err := nodes[1].cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := nodes[1].Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	<-nodes[1].exited
-	killed := nodes[1].name
+	nodes[1].Wait(t, time.Minute)
+	killed := nodes[1].Name
 	nodes[1] = nil
 	waitFor("the killed node's sessions to run elsewhere", func() bool {
 		for _, c := range client.Supervisor().WhichChildren() {
@@ -301,22 +228,17 @@ func TestProcessesKillAndRollingRestart(t *testing.T) {
 	// over and exits cleanly; then it is started again.
 	for i := range nodes {
 		n := nodes[i]
-		if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		if err := n.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		select {
-		case err := <-n.exited:
-			if err != nil {
-				t.Fatalf("%s after SIGTERM: %v", n.name, err)
-			}
-		case <-time.After(time.Minute):
-			t.Fatalf("%s did not stop after SIGTERM", n.name)
+		if err := n.Wait(t, time.Minute); err != nil {
+			t.Fatalf("%s after SIGTERM: %v", n.Name, err)
 		}
 		nodes[i] = nil
-		progress("moves in every session while " + n.name + " is down")
+		progress("moves in every session while " + n.Name + " is down")
 		start(i)
-		waitFor("the client to see "+n.name+" again", func() bool { return seesGame(i) })
-		progress("moves in every session after " + n.name + " restarted")
+		waitFor("the client to see "+n.Name+" again", func() bool { return seesGame(i) })
+		progress("moves in every session after " + n.Name + " restarted")
 	}
 	close(stop)
 	wg.Wait()
