@@ -1,5 +1,5 @@
-// Command herd is herd's command line. Today it runs the local demo; the
-// agent, its HTTP API and the cluster commands come with the cluster.
+// Command herd is herd's command line: the agent (a node serving the HTTP
+// control API) and the local demo.
 package main
 
 import (
@@ -16,10 +16,11 @@ import (
 const usage = `herd: a distributed process runtime for Go.
 
 Usage:
+  herd agent [flags]   run a node with the HTTP control API
   herd demo [flags]    run a supervised workload, crash a process, watch it restart
   herd help            show this help
 
-Run "herd demo -h" for the demo's flags.
+Run "herd agent -h" or "herd demo -h" for their flags.
 `
 
 func main() {
@@ -49,6 +50,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0 // finished, or interrupted: either way everything was stopped
+	case "agent":
+		c, err := parseAgent(args[1:], os.Getenv, stderr)
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "herd agent: %v\n", err)
+			return 2
+		}
+		if err := runAgent(ctx, c, stdout, stderr); err != nil {
+			fmt.Fprintf(stderr, "herd agent: %v\n", err)
+			return 1
+		}
+		return 0
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
