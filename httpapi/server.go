@@ -250,11 +250,9 @@ func writeJSON(w http.ResponseWriter, status int, body any) {
 }
 
 // decode reads one JSON object into v: unknown fields, trailing data and
-// bodies over the limit are refused.
+// bodies over the limit are refused. The content type is not looked at
+// (curl -d sends a form type), only the body.
 func decode(r *http.Request, v any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return errorf(http.StatusUnsupportedMediaType, "unsupported_media_type", "content type %q: send application/json", ct)
-	}
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

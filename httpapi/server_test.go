@@ -326,7 +326,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnsupportedMediaType {
+	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("a form body: %d", resp.StatusCode)
 	}
 	for _, tc := range []struct{ what, method, path, body, code string }{
