@@ -61,16 +61,21 @@ func childIDs(n int) []string {
 // from, and returns where each runs.
 func startChildren(t testing.TB, n *herd.Node, kind string, ids []string) map[string]herd.PID {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
 	out := make(map[string]herd.PID, len(ids))
+	began := time.Now()
+	var slowest time.Duration
 	for _, id := range ids {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		t0 := time.Now()
 		pid, err := n.Supervisor().StartChild(ctx, herd.ChildSpec{ID: id, Kind: kind, Name: "name-" + id})
+		cancel()
 		if err != nil {
 			t.Fatalf("start %s: %v", id, err)
 		}
+		slowest = max(slowest, time.Since(t0))
 		out[id] = pid
 	}
+	t.Logf("started %d children in %v (slowest %v)", len(ids), time.Since(began).Round(time.Millisecond), slowest.Round(time.Millisecond))
 	return out
 }
 
