@@ -18,9 +18,14 @@ const usage = `herd: a distributed process runtime for Go.
 Usage:
   herd agent [flags]   run a node with the HTTP control API
   herd demo [flags]    run a supervised workload, crash a process, watch it restart
+  herd nodes           the cluster's nodes, as an agent sees them
+  herd registry ...    names: ls, get, put (an external process), rm
+  herd children        the distributed supervisor's children
+  herd map ...         replicated maps: ls, get, put, rm
   herd help            show this help
 
-Run "herd agent -h" or "herd demo -h" for their flags.
+Run "herd agent -h" or "herd demo -h" for their flags; "herd nodes -h"
+shows the flags of the cluster commands (agent address, token, -json).
 `
 
 func main() {
@@ -64,6 +69,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
+	case "nodes", "registry", "children", "map":
+		return runCLI(ctx, args[0], args[1:], os.Getenv, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
