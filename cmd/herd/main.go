@@ -22,6 +22,7 @@ Usage:
   herd registry ...    names: ls, get, put (an external process), rm
   herd children        the distributed supervisor's children
   herd map ...         replicated maps: ls, get, put, rm
+  herd tls init|cert   create a cluster CA and gossip key, issue node certificates
   herd help            show this help
 
 Run "herd agent -h" or "herd demo -h" for their flags; "herd nodes -h"
@@ -69,6 +70,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
+	case "tls":
+		return runTLS(args[1:], stdout, stderr)
 	case "nodes", "registry", "children", "map":
 		return runCLI(ctx, args[0], args[1:], os.Getenv, stdout, stderr)
 	case "help", "-h", "-help", "--help":

@@ -112,6 +112,37 @@ func KeyPEM(k crypto.Signer) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
 
+// LoadCA reads a CA written as CertPEM and KeyPEM.
+func LoadCA(certPEM, keyPEM []byte) (*CA, error) {
+	cb, _ := pem.Decode(certPEM)
+	if cb == nil || cb.Type != "CERTIFICATE" {
+		return nil, errors.New("pki: CA certificate: no PEM certificate")
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("pki: CA certificate: %w", err)
+	}
+	if !cert.IsCA {
+		return nil, errors.New("pki: the certificate is not a CA's")
+	}
+	kb, _ := pem.Decode(keyPEM)
+	if kb == nil || kb.Type != "PRIVATE KEY" {
+		return nil, errors.New("pki: CA key: no PEM private key")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("pki: CA key: %w", err)
+	}
+	key, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, errors.New("pki: CA key cannot sign")
+	}
+	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(cert.PublicKey) {
+		return nil, errors.New("pki: the CA key does not match its certificate")
+	}
+	return &CA{Cert: cert, Key: key}, nil
+}
+
 // LoadPool reads a PEM bundle of CA certificates.
 func LoadPool(pemData []byte) (*x509.CertPool, error) {
 	p := x509.NewCertPool()
