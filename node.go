@@ -268,10 +268,10 @@ func (n *Node) Stop(ctx context.Context) error {
 			n.reps.Flush()
 			n.cl.tr.Flush(flush)
 			cancel()
-			leave, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			if d, ok := ctx.Deadline(); ok && time.Until(d) > 2*time.Second {
-				leave, cancel = context.WithDeadline(context.Background(), d)
-			}
+			// The leave goes out within a few gossip rounds or not at all:
+			// when every member stops at once, no one is left to take it,
+			// and waiting for the rest of ctx would only delay the stop.
+			leave, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 			if err := n.cl.mem.Leave(leave); err != nil {
 				n.log.Warn("leaving the cluster", "err", err)
 			}
