@@ -220,6 +220,7 @@ type simNode struct {
 	passes      int
 	handed      map[string]proc.NodeID
 	leftAt      map[proc.NodeID]time.Duration
+	unknownAt   map[proc.NodeID]time.Duration
 	seenLeaving map[proc.NodeID]bool
 	inst        map[string]*simInst
 	dirty       map[string]bool
@@ -391,7 +392,7 @@ func (s *sim) boot(n *simNode, durable bool) {
 	n.mem.Apply(membership.Event{Kind: membership.EvAlive, Member: membership.Member{ID: n.life.id}}, s.wall())
 	n.up, n.since, n.all = true, s.now, true
 	n.leaving, n.drainFrom, n.drainStep, n.passes = false, 0, 0, 0
-	n.handed, n.leftAt, n.seenLeaving = map[string]proc.NodeID{}, map[proc.NodeID]time.Duration{}, map[proc.NodeID]bool{}
+	n.handed, n.leftAt, n.unknownAt, n.seenLeaving = map[string]proc.NodeID{}, map[proc.NodeID]time.Duration{}, map[proc.NodeID]time.Duration{}, map[proc.NodeID]bool{}
 	n.inst, n.jobs, n.procs, n.nextPID = map[string]*simInst{}, nil, map[proc.PID]string{}, 0
 	s.event("%v boots (durable %v, %d records)", n.life.id, durable && old != nil, n.rep.Len())
 }
@@ -844,6 +845,7 @@ func (s *sim) ended(n *simNode, id proc.NodeID) bool {
 		return id.Incarnation < n.life.id.Incarnation
 	}
 	if m, ok := n.mem.Member(id); ok {
+		delete(n.unknownAt, id)
 		if m.Status == membership.Left || m.Status == membership.Dead && n.seenLeaving[id] {
 			at, seen := n.leftAt[id]
 			if !seen {
@@ -854,10 +856,15 @@ func (s *sim) ended(n *simNode, id proc.NodeID) bool {
 		}
 		return m.Status.Ended()
 	}
-	if m, ok := n.mem.Latest(id.Name); ok {
-		return m.ID.Incarnation > id.Incarnation
+	if m, ok := n.mem.Latest(id.Name); ok && m.ID.Incarnation > id.Incarnation {
+		return true
 	}
-	return s.now-n.since >= simGrace
+	at, seen := n.unknownAt[id]
+	if !seen {
+		at = s.now
+		n.unknownAt[id] = at
+	}
+	return s.now-at >= unknownGrace*simGrace
 }
 
 // runLoop is one turn of Supervisor.loop: one view, and a decision about
@@ -1139,7 +1146,9 @@ func (s *sim) quiesce() {
 			quiet = 0
 			continue
 		}
-		if quiet++; quiet == 2 {
+		// Quiet for longer than a life unheard of is waited for (each
+		// round is a grace period).
+		if quiet++; quiet == unknownGrace+1 {
 			s.event("quiescent after %d rounds", round)
 			return
 		}

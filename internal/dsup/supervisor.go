@@ -144,6 +144,7 @@ type Supervisor struct {
 
 	leftMu      sync.Mutex                // not mu: ended runs inside Decide, under mu
 	leftAt      map[proc.NodeID]time.Time // when each owner was first seen left
+	unknownAt   map[proc.NodeID]time.Time // when each owner not known as a member was first met
 	seenLeaving map[proc.NodeID]bool      // members seen leaving
 
 	dirtyMu sync.Mutex
@@ -188,7 +189,7 @@ func New(cfg Config) *Supervisor {
 	s := &Supervisor{
 		cfg: cfg, log: cfg.Logger, self: cfg.Self, since: cfg.Now(),
 		inst: make(map[string]*instance), byPID: make(map[uint64]string), restarts: make(map[string][]time.Time),
-		stashes: make(map[string]*pendingStash), leftAt: make(map[proc.NodeID]time.Time), handed: make(map[string]proc.NodeID), seenLeaving: make(map[proc.NodeID]bool),
+		stashes: make(map[string]*pendingStash), leftAt: make(map[proc.NodeID]time.Time), unknownAt: make(map[proc.NodeID]time.Time), handed: make(map[string]proc.NodeID), seenLeaving: make(map[proc.NodeID]bool),
 		drainCtx: context.Background(), changed: make(chan struct{}),
 		dirty: make(map[string]struct{}), all: true, kick: make(chan struct{}, 1),
 		workers: make(chan struct{}, 64), done: make(chan struct{}),
@@ -365,6 +366,7 @@ func (s *Supervisor) ended(id proc.NodeID, now time.Time) bool {
 	if m, ok := s.cfg.Members.Member(id); ok {
 		s.leftMu.Lock()
 		wasLeaving := s.seenLeaving[id]
+		delete(s.unknownAt, id)
 		s.leftMu.Unlock()
 		if m.Status == membership.Left || m.Status == membership.Dead && wasLeaving {
 			// (A node seen leaving and then declared dead was handing its
@@ -385,11 +387,27 @@ func (s *Supervisor) ended(id proc.NodeID, now time.Time) bool {
 		}
 		return m.Status.Ended()
 	}
-	if m, ok := s.cfg.Members.Latest(id.Name); ok {
-		return m.ID.Incarnation > id.Incarnation
+	if m, ok := s.cfg.Members.Latest(id.Name); ok && m.ID.Incarnation > id.Incarnation {
+		return true // superseded by a later life
 	}
-	return now.Sub(s.since) >= s.cfg.Grace
+	// A life this node has not heard of, and no later one: most likely one
+	// that just joined, whose records travelled faster than its join (or
+	// one whose name's earlier lives were forgotten). It is taken for gone
+	// only after a long wait, in case it joined and died unheard of.
+	s.leftMu.Lock()
+	defer s.leftMu.Unlock()
+	at, seen := s.unknownAt[id]
+	if !seen {
+		at = now
+		s.unknownAt[id] = now
+		time.AfterFunc(unknownGrace*s.cfg.Grace, s.markAll)
+	}
+	return now.Sub(at) >= unknownGrace*s.cfg.Grace
 }
+
+// unknownGrace is how many grace periods a life unheard of must stay so
+// before its children are claimed.
+const unknownGrace = 5
 
 // record reads a child's record here (nil if none, or malformed).
 func (s *Supervisor) record(id string) *Record {
