@@ -19,8 +19,8 @@ type View struct {
 	// move, which a suspect member is not).
 	Alive func(proc.NodeID) bool
 	// Ended reports whether a node life is gone for good or for now:
-	// dead, left, superseded by a later life, or unknown for longer than
-	// a grace period.
+	// dead, left (a grace period ago), superseded by a later life, or
+	// never heard of for five grace periods.
 	Ended func(proc.NodeID) bool
 	// Settled: this node has been up long enough (a grace period) for its
 	// replica to have caught up with the others; until then it claims
