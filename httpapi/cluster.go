@@ -296,12 +296,17 @@ func (s *Server) openMap(r *http.Request, a access) (*herd.Map, error) {
 	return m, nil
 }
 
-func mapKey(r *http.Request) (string, error) {
+// mapAndKey opens the map a request names and checks its key.
+func (s *Server) mapAndKey(r *http.Request, a access) (*herd.Map, string, error) {
+	m, err := s.openMap(r, a)
+	if err != nil {
+		return nil, "", err
+	}
 	k := r.PathValue("key")
 	if k == "" || len(k) > 1024 {
-		return "", errorf(http.StatusBadRequest, "bad_request", "key: 1 to 1024 bytes")
+		return nil, "", errorf(http.StatusBadRequest, "bad_request", "key: 1 to 1024 bytes")
 	}
-	return k, nil
+	return m, k, nil
 }
 
 func (s *Server) mapList(r *http.Request, a access) (int, any, error) {
@@ -322,11 +327,7 @@ func (s *Server) mapList(r *http.Request, a access) (int, any, error) {
 }
 
 func (s *Server) mapGet(r *http.Request, a access) (int, any, error) {
-	m, err := s.openMap(r, a)
-	if err != nil {
-		return 0, nil, err
-	}
-	k, err := mapKey(r)
+	m, k, err := s.mapAndKey(r, a)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -338,11 +339,7 @@ func (s *Server) mapGet(r *http.Request, a access) (int, any, error) {
 }
 
 func (s *Server) mapPut(r *http.Request, a access) (int, any, error) {
-	m, err := s.openMap(r, a)
-	if err != nil {
-		return 0, nil, err
-	}
-	k, err := mapKey(r)
+	m, k, err := s.mapAndKey(r, a)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -366,11 +363,7 @@ func (s *Server) mapPut(r *http.Request, a access) (int, any, error) {
 }
 
 func (s *Server) mapDelete(r *http.Request, a access) (int, any, error) {
-	m, err := s.openMap(r, a)
-	if err != nil {
-		return 0, nil, err
-	}
-	k, err := mapKey(r)
+	m, k, err := s.mapAndKey(r, a)
 	if err != nil {
 		return 0, nil, err
 	}
