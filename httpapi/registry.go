@@ -173,20 +173,21 @@ func (s *Server) lookup(env, name string) (Entry, bool) {
 	return s.ext.get(env, name)
 }
 
-func nameOf(r *http.Request, env string) (string, error) {
+// envAndName returns the environment and the name a request names.
+func (s *Server) envAndName(r *http.Request, a access) (string, string, error) {
+	env, err := s.envOf(r, a)
+	if err != nil {
+		return "", "", err
+	}
 	name := r.PathValue("name")
 	if err := (herd.Key{Env: env, Name: name}).Validate(); err != nil {
-		return "", errorf(http.StatusBadRequest, "bad_request", "name %q: %v", name, err)
+		return "", "", errorf(http.StatusBadRequest, "bad_request", "name %q: %v", name, err)
 	}
-	return name, nil
+	return env, name, nil
 }
 
 func (s *Server) getName(r *http.Request, a access) (int, any, error) {
-	env, err := s.envOf(r, a)
-	if err != nil {
-		return 0, nil, err
-	}
-	name, err := nameOf(r, env)
+	env, name, err := s.envAndName(r, a)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -223,15 +224,13 @@ func (s *Server) postName(r *http.Request, a access) (int, any, error) {
 	if err := decode(r, &reg); err != nil {
 		return 0, nil, err
 	}
+	env, err := s.envOf(r, a)
 	if reg.Env != "" {
-		q := r.URL.Query()
-		if e, ok := q["env"]; ok && e[0] != reg.Env {
+		if e, ok := r.URL.Query()["env"]; ok && e[0] != reg.Env {
 			return 0, nil, errorf(http.StatusBadRequest, "bad_request", "environment %q in the body and %q in the query", reg.Env, e[0])
 		}
-		q.Set("env", reg.Env)
-		r.URL.RawQuery = q.Encode()
+		env, err = s.checkEnv(reg.Env, a)
 	}
-	env, err := s.envOf(r, a)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -269,11 +268,7 @@ func (s *Server) postName(r *http.Request, a access) (int, any, error) {
 }
 
 func (s *Server) deleteName(r *http.Request, a access) (int, any, error) {
-	env, err := s.envOf(r, a)
-	if err != nil {
-		return 0, nil, err
-	}
-	name, err := nameOf(r, env)
+	env, name, err := s.envAndName(r, a)
 	if err != nil {
 		return 0, nil, err
 	}

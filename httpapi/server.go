@@ -202,6 +202,12 @@ func (s *Server) envOf(r *http.Request, a access) (string, error) {
 	case !a.open && len(a.tok.Envs) == 1 && a.tok.Envs[0] != "*":
 		e = a.tok.Envs[0]
 	}
+	return s.checkEnv(e, a)
+}
+
+// checkEnv checks environment e against the server's environments and the
+// token's scope.
+func (s *Server) checkEnv(e string, a access) (string, error) {
 	if len(s.cfg.Environments) > 0 && !slices.Contains(s.cfg.Environments, e) {
 		return "", errorf(http.StatusNotFound, "unknown_environment", "unknown environment %q", e)
 	}

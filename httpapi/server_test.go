@@ -288,6 +288,20 @@ func TestAccess(t *testing.T) {
 	if _, _, list := ac.call(0, adminToken, "GET", "/api/registry", nil); len(list) != 0 {
 		t.Errorf("refused requests changed the registry: %v", list)
 	}
+	// The environment may come in the body of a registration.
+	inA := map[string]any{"name": "n", "env": "tenant-a", "node_id": "x", "process_id": 1}
+	st, body, _ = ac.call(0, tenantToken, "POST", "/api/registry?env=", inA)
+	wantError(t, "environments differing in body and query", st, body, http.StatusBadRequest, "bad_request")
+	inA["env"] = "nowhere"
+	st, body, _ = ac.call(0, adminToken, "POST", "/api/registry", inA)
+	wantError(t, "an unknown environment in the body", st, body, http.StatusNotFound, "unknown_environment")
+	inA["env"] = ""
+	st, body, _ = ac.call(0, tenantToken, "POST", "/api/registry?env=", inA)
+	wantError(t, "a tenant token registering in the default environment", st, body, http.StatusForbidden, "forbidden")
+	inA["env"] = "tenant-a"
+	if st, body, _ := ac.call(0, tenantToken, "POST", "/api/registry", inA); st != http.StatusCreated || body["env"] != "tenant-a" {
+		t.Errorf("registering with the body's environment: %d %v", st, body)
+	}
 	if _, err := httpapi.New(httpapi.Config{Node: ac.Node(0), Tokens: []httpapi.Token{{Secret: "short", Envs: []string{"*"}}}}); err == nil {
 		t.Error("a short token was accepted")
 	}

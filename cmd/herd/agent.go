@@ -157,7 +157,9 @@ func parseAgent(args []string, getenv func(string) string, stderr io.Writer) (ag
 		}
 	})
 	fs.Visit(func(f *flag.Flag) {
-		if f.Name != "config" {
+		switch f.Name {
+		case "config", "join", "token", "environments": // lists: below
+		default:
 			given[f.Name] = f.Value.String()
 		}
 	})
